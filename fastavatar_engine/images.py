@@ -1,0 +1,139 @@
+"""The one loader for images that come from users (and from the sample data), built on Pillow.
+
+Every photo the engine reads goes through :func:`load_image`, which returns ``[H, W, 3] uint8``
+RGB and
+
+* applies the EXIF orientation tag (phone photos are often stored sideways);
+* converts grayscale (``L``, ``1``), palette (``P``, with transparency), ``CMYK``, ``YCbCr``,
+  ``LAB``, 16-bit (``I;16*``, ``I``) and float (``F``) images to 8-bit RGB;
+* composites transparency (``RGBA``, ``LA``, ``PA``) over white, the background the model
+  was trained against;
+* refuses images above :data:`MAX_PIXELS` before decoding them (decompression bombs);
+* raises :class:`ImageLoadError` (naming the file) for missing, zero-byte, non-image, truncated
+  or otherwise undecodable files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Largest image accepted, in pixels (width x height). 64 MP covers every camera sensor in use.
+MAX_PIXELS = 64_000_000
+
+
+class ImageLoadError(ValueError):
+    """A user-supplied image cannot be used; the message names the file and the reason."""
+
+
+def _to_rgb8(img: Image.Image, name: str) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(img).astype(np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        g = np.clip(np.round(a * (255.0 / hi)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        hi = 1.0 if a.max(initial=0) <= 1.0 else 255.0
+        g = np.clip(np.round(a * (255.0 / hi)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    if mode != "RGB":
+        img = img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV ...
+    return np.asarray(img)
+
+
+def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and fully decode ``source`` (path or bytes) with EXIF orientation applied.
+
+    Returns a Pillow image in its file's mode. Raises :class:`ImageLoadError`.
+    """
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+    if not isinstance(source, (bytes, bytearray)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageLoadError(f"{name}: file not found")
+        if path.is_dir():
+            raise ImageLoadError(f"{name}: is a directory, not an image")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(f"{name}: file is empty (0 bytes)")
+        fp = open(path, "rb")
+    else:
+        if len(source) == 0:
+            raise ImageLoadError(f"{name}: empty image data")
+        fp = io.BytesIO(bytes(source))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(fp)
+            except UnidentifiedImageError as exc:
+                raise ImageLoadError(f"{name}: not a recognised image format") from exc
+            except Image.DecompressionBombError as exc:
+                raise ImageLoadError(f"{name}: image is too large to load safely ({exc})") from exc
+            except Image.DecompressionBombWarning as exc:
+                raise ImageLoadError(f"{name}: image is too large to load safely ({exc})") from exc
+            w, h = img.size
+            if w <= 0 or h <= 0:
+                raise ImageLoadError(f"{name}: image has zero size {w}x{h}")
+            if w * h > max_pixels:
+                raise ImageLoadError(
+                    f"{name}: image is {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,}"
+                )
+            try:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+                raise ImageLoadError(f"{name}: image data is truncated or corrupt ({exc})") from exc
+        return img
+    finally:
+        fp.close()
+
+
+def load_image(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Load a photo as ``[H, W, 3] uint8`` RGB (see the module docstring for what is converted).
+
+    ``source``: a path (str / PathLike) or the encoded file's bytes.
+    Raises :class:`ImageLoadError` naming the file when it cannot be used.
+    """
+    img = open_image(source, max_pixels)
+    name = "<bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    try:
+        arr = _to_rgb8(img, name)
+    except (OSError, ValueError) as exc:
+        raise ImageLoadError(f"{name}: cannot convert image mode {img.mode} to RGB ({exc})") from exc
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def load_mask(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Load a foreground mask as ``[H, W] float32`` in [0, 1] (grey levels kept; colour masks averaged)."""
+    img = open_image(source, max_pixels)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else (1.0 if img.mode == "F" else 255.0)
+        return np.clip(a / hi, 0, 1).astype(np.float32)
+    return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+
+
+def save_png(path, rgb: np.ndarray) -> Path:
+    """Write ``rgb`` ([H,W,3] or [H,W], uint8 or float in [0,1]) as PNG, atomically. Returns the path."""
+    from .ply import _atomic_write
+
+    a = np.asarray(rgb)
+    if a.dtype != np.uint8:
+        a = np.clip(np.round(np.asarray(a, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if a.ndim not in (2, 3):
+        raise ValueError(f"save_png: expected [H,W] or [H,W,3] array, got shape {a.shape}")
+    path = Path(path)
+    _atomic_write(path, lambda tmp: Image.fromarray(a).save(tmp, format="PNG"))
+    return path

@@ -1,0 +1,195 @@
+"""INRIA 3D Gaussian Splatting PLY files, read and written with ``plyfile`` (numpy only).
+
+Layout written (binary little-endian, one ``vertex`` element, float32 properties in this order,
+as the reference implementation of Kerbl et al. 2023 writes them)::
+
+    x y z nx ny nz f_dc_0 f_dc_1 f_dc_2 f_rest_0 ... f_rest_44 opacity scale_0 scale_1 scale_2
+    rot_0 rot_1 rot_2 rot_3
+
+``opacity`` is the opacity logit, ``scale_*`` are log standard deviations, ``rot_0`` is the
+quaternion's w, and ``f_rest`` is channel-major: for SH degree d with m = (d+1)^2 - 1 higher-order
+coefficients per channel, ``f_rest_{c*m + k}`` is coefficient k+1 of channel c (R=0, G=1, B=2).
+Normals are written as zeros (3DGS does not use them).
+
+The reader also accepts SH degree 0-2 (missing orders become zero), files without normals, and
+ASCII or big-endian PLYs. A PLY that is a plain point cloud (no Gaussian properties) is rejected
+by :func:`read_ply` and can be turned into isotropic Gaussians by :func:`read_point_cloud`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from plyfile import PlyData, PlyElement
+
+from .gaussians import SH_COEFFS, GaussianSet, GaussianValidationError
+
+#: Largest vertex count accepted from a file (protects against absurd header counts).
+MAX_VERTICES = 20_000_000
+
+_SH_REST_COUNTS = {0: 0, 9: 1, 24: 2, 45: 3}  # number of f_rest properties -> SH degree
+
+
+class PlyFormatError(ValueError):
+    """A PLY file is unreadable, truncated, or lacks the properties of a 3DGS PLY."""
+
+
+def inria_property_names(sh_degree: int = 3) -> list[str]:
+    """The INRIA property names in file order for ``sh_degree`` in 0..3 (62 names for degree 3)."""
+    m = (sh_degree + 1) ** 2 - 1
+    return (
+        ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"]
+        + [f"f_rest_{i}" for i in range(3 * m)]
+        + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    )
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a failure never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_ply(path: str | os.PathLike, gaussians: GaussianSet, sh_degree: int = 3) -> Path:
+    """Write ``gaussians`` as a binary little-endian INRIA 3DGS PLY at ``path`` (atomically).
+
+    ``sh_degree`` (0-3) truncates the SH coefficients written. Validates the set first
+    (:class:`GaussianValidationError`). Returns the path written.
+    """
+    if sh_degree not in (0, 1, 2, 3):
+        raise ValueError(f"sh_degree must be 0..3, got {sh_degree}")
+    g = gaussians.validate()
+    n = g.count
+    m = (sh_degree + 1) ** 2 - 1
+    names = inria_property_names(sh_degree)
+    columns = [g.means, np.zeros((n, 3), np.float32), g.sh[:, 0, :]]
+    # channel-major f_rest: [N, 3 channels, m coefficients] flattened
+    columns.append(np.transpose(g.sh[:, 1 : 1 + m, :], (0, 2, 1)).reshape(n, 3 * m))
+    columns += [g.opacity_logits[:, None], g.log_scales, g.rotations]
+    data = np.concatenate(columns, axis=1).astype("<f4")
+    assert data.shape[1] == len(names)
+    vertex = np.empty(n, dtype=[(name, "<f4") for name in names])
+    for i, name in enumerate(names):
+        vertex[name] = data[:, i]
+    ply = PlyData([PlyElement.describe(vertex, "vertex")], text=False, byte_order="<")
+    out = Path(path)
+    _atomic_write(out, lambda tmp: ply.write(tmp))
+    return out
+
+
+def _read_vertices(path: Path, max_vertices: int):
+    if not path.exists():
+        raise PlyFormatError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise PlyFormatError(f"{path}: file is empty (0 bytes)")
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(3) != b"ply":
+                raise PlyFormatError(f"{path}: not a PLY file (missing 'ply' magic)")
+        ply = PlyData.read(str(path), mmap=False)
+    except PlyFormatError:
+        raise
+    except Exception as exc:  # plyfile raises PlyParseError, ValueError, IndexError, ...
+        raise PlyFormatError(f"{path}: cannot parse PLY ({type(exc).__name__}: {exc})") from exc
+    if "vertex" not in [e.name for e in ply.elements]:
+        raise PlyFormatError(f"{path}: no 'vertex' element")
+    vertex = ply["vertex"]
+    if vertex.count > max_vertices:
+        raise PlyFormatError(f"{path}: {vertex.count} vertices exceeds the limit of {max_vertices}")
+    return vertex
+
+
+def read_ply(path: str | os.PathLike, max_vertices: int = MAX_VERTICES) -> GaussianSet:
+    """Read an INRIA 3DGS PLY (SH degree 0-3, with or without normals, ASCII or binary).
+
+    Returns a validated :class:`GaussianSet` with SH padded to degree 3 with zeros; the file's SH
+    degree is stored in ``extra["sh_degree"]``. Raises :class:`PlyFormatError` naming the file and
+    the missing property, or :class:`GaussianValidationError` for NaN/inf values.
+    """
+    path = Path(path)
+    vertex = _read_vertices(path, max_vertices)
+    names = set(vertex.data.dtype.names or ())
+    required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+                "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    missing = [p for p in required if p not in names]
+    if missing:
+        raise PlyFormatError(
+            f"{path}: not a 3D Gaussian Splatting PLY; missing properties {missing} "
+            f"(use read_point_cloud for plain point clouds)"
+        )
+    n_rest = sum(1 for p in names if p.startswith("f_rest_"))
+    if n_rest not in _SH_REST_COUNTS:
+        raise PlyFormatError(f"{path}: {n_rest} f_rest properties; expected 0, 9, 24 or 45 (SH degree 0-3)")
+    degree = _SH_REST_COUNTS[n_rest]
+    rest_names = [f"f_rest_{i}" for i in range(n_rest)]
+    if any(p not in names for p in rest_names):
+        raise PlyFormatError(f"{path}: f_rest properties are not numbered 0..{n_rest - 1}")
+
+    def cols(keys):
+        return np.stack([np.asarray(vertex[k], dtype=np.float32) for k in keys], axis=1)
+
+    n = vertex.count
+    m = (degree + 1) ** 2 - 1
+    sh = np.zeros((n, SH_COEFFS, 3), np.float32)
+    sh[:, 0, :] = cols(["f_dc_0", "f_dc_1", "f_dc_2"])
+    if m:
+        sh[:, 1 : 1 + m, :] = np.transpose(cols(rest_names).reshape(n, 3, m), (0, 2, 1))
+    g = GaussianSet(
+        means=cols(["x", "y", "z"]),
+        log_scales=cols(["scale_0", "scale_1", "scale_2"]),
+        rotations=cols(["rot_0", "rot_1", "rot_2", "rot_3"]),
+        opacity_logits=np.asarray(vertex["opacity"], dtype=np.float32),
+        sh=sh,
+        extra={"sh_degree": degree, "source": str(path)},
+    )
+    try:
+        return g.validate()
+    except GaussianValidationError as exc:
+        raise GaussianValidationError(f"{path}: {exc}") from exc
+
+
+def read_point_cloud(
+    path: str | os.PathLike, scale: float = 0.0015, opacity: float = 0.95, max_vertices: int = MAX_VERTICES
+) -> GaussianSet:
+    """Read any PLY with x, y, z as isotropic Gaussians (e.g. the sample data's ``points3d.ply``).
+
+    A 3DGS PLY is returned as such (:func:`read_ply`). Otherwise each vertex becomes a Gaussian
+    with standard deviation ``scale`` metres and ``opacity``; colours come from ``red/green/blue``
+    (uchar 0-255 or float 0-1) when present and not all zero, else from the vertex position
+    normalised to the bounding box (a false-colour view so the shape is readable).
+    """
+    path = Path(path)
+    vertex = _read_vertices(path, max_vertices)
+    names = set(vertex.data.dtype.names or ())
+    if {"opacity", "scale_0", "rot_0", "f_dc_0"} <= names:
+        return read_ply(path, max_vertices)
+    if not {"x", "y", "z"} <= names:
+        raise PlyFormatError(f"{path}: vertex element lacks x, y, z")
+    pts = np.stack([np.asarray(vertex[k], dtype=np.float64) for k in "xyz"], axis=1)
+    if not np.isfinite(pts).all():
+        raise GaussianValidationError(f"{path}: {int((~np.isfinite(pts)).sum())} non-finite coordinate(s)")
+    colors = None
+    if {"red", "green", "blue"} <= names:
+        c = np.stack([np.asarray(vertex[k], dtype=np.float64) for k in ("red", "green", "blue")], axis=1)
+        if vertex["red"].dtype.kind in "iu":
+            c = c / 255.0
+        if c.max(initial=0.0) > 0:
+            colors = np.clip(c, 0, 1)
+    if colors is None and len(pts):
+        lo, hi = pts.min(0), pts.max(0)
+        colors = 0.15 + 0.7 * (pts - lo) / np.maximum(hi - lo, 1e-9)
+    g = GaussianSet.from_points(pts, colors=colors, scale=scale, opacity=opacity)
+    g.extra.update({"source": str(path), "sh_degree": 0})
+    return g.validate()
