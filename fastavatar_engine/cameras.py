@@ -245,24 +245,41 @@ class Subject:
         return read_point_cloud(self.root / "points3d.ply").means.astype(np.float64)
 
 
+def _check_rigid(root: Path, c2w: np.ndarray, tol: float = 1e-3) -> None:
+    R = c2w[:3, :3]
+    if (np.abs(c2w[3] - [0.0, 0.0, 0.0, 1.0]).max() > tol or np.abs(R.T @ R - np.eye(3)).max() > tol
+            or np.linalg.det(R) <= 0):
+        raise CameraError(f"{root}: transform_matrix is not a rigid camera-to-world transform "
+                          f"(rotation must be orthonormal with determinant +1, last row 0 0 0 1)")
+
+
 def _parse_frame(root: Path, frame: dict, defaults: dict) -> CameraView:
+    if not isinstance(frame, dict):
+        raise CameraError(f"{root}: malformed frame entry (expected an object, got {type(frame).__name__})")
     get = lambda k: frame.get(k, defaults.get(k))  # noqa: E731
     try:
         fx, fy, cx, cy = (float(get(k)) for k in ("fl_x", "fl_y", "cx", "cy"))
         w, h = int(get("w")), int(get("h"))
         c2w = _as_mat4(frame["transform_matrix"], "transform_matrix")
         file_path = frame["file_path"]
+        camera_index = int(frame.get("camera_index", -1))
+        mask = frame.get("fg_mask_path")
+        if not isinstance(file_path, str) or not file_path:
+            raise TypeError(f"file_path must be a non-empty string, got {file_path!r}")
+        if mask is not None and not isinstance(mask, str):
+            raise TypeError(f"fg_mask_path must be a string, got {mask!r}")
     except (KeyError, TypeError, ValueError) as exc:
-        raise CameraError(f"{root}: malformed frame entry ({exc})") from exc
-    if not (0 < w <= 65536 and 0 < h <= 65536 and fx > 0 and fy > 0):
-        raise CameraError(f"{root}: implausible camera size {w}x{h} or focal {fx}, {fy}")
+        raise CameraError(f"{root}: malformed frame entry ({type(exc).__name__}: {exc})") from exc
+    if not (0 < w <= 65536 and 0 < h <= 65536 and 0 < fx < math.inf and 0 < fy < math.inf
+            and math.isfinite(cx) and math.isfinite(cy)):
+        raise CameraError(f"{root}: implausible camera size {w}x{h}, focal {fx}, {fy} or centre {cx}, {cy}")
+    _check_rigid(root, c2w)
     image_path = root / file_path
     if image_path.suffix == "":
         image_path = image_path.with_suffix(".png")
-    mask = frame.get("fg_mask_path")
     return CameraView(
         name=Path(file_path).stem,
-        camera_index=int(frame.get("camera_index", -1)),
+        camera_index=camera_index,
         c2w=c2w,
         K=intrinsics(fx, fy, cx, cy),
         width=w,
@@ -270,6 +287,13 @@ def _parse_frame(root: Path, frame: dict, defaults: dict) -> CameraView:
         image_path=image_path,
         mask_path=(root / mask) if mask else None,
     )
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CameraError(f"{path}: cannot read ({exc})") from exc
 
 
 def load_subject(root) -> Subject:
@@ -281,18 +305,28 @@ def load_subject(root) -> Subject:
     tf = root / "transforms.json"
     if not tf.is_file():
         raise CameraError(f"{root}: no transforms.json")
-    try:
-        data = json.loads(tf.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CameraError(f"{tf}: cannot read ({exc})") from exc
+    data = _read_json(tf)
+    if not isinstance(data, dict):
+        raise CameraError(f"{tf}: expected a JSON object, got {type(data).__name__}")
     frames = data.get("frames")
     if not isinstance(frames, list) or not frames:
         raise CameraError(f"{tf}: no frames")
     views = [_parse_frame(root, f, data) for f in frames]
+    known = {v.camera_index for v in views}
     splits = {}
     for split in ("train", "val", "test"):
         p = root / f"transforms_{split}.json"
         if p.is_file():
-            sd = json.loads(p.read_text())
-            splits[split] = [int(f["camera_index"]) for f in sd.get("frames", [])]
+            sd = _read_json(p)
+            split_frames = sd.get("frames", []) if isinstance(sd, dict) else None
+            try:
+                if not isinstance(split_frames, list):
+                    raise TypeError("'frames' is not a list")
+                indices = [int(f["camera_index"]) for f in split_frames]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CameraError(f"{p}: malformed split file ({type(exc).__name__}: {exc})") from exc
+            unknown = sorted(set(indices) - known)
+            if unknown:
+                raise CameraError(f"{p}: camera_index {unknown} not among the views of transforms.json")
+            splits[split] = indices
     return Subject(root=root, views=views, splits=splits)

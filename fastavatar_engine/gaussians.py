@@ -20,6 +20,7 @@ No torch is imported here: the add-on uses this module inside Blender's Python.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,9 @@ class GaussianValidationError(ValueError):
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Numerically stable logistic function, elementwise, same shape and float dtype as ``x``."""
     x = np.asarray(x)
-    out = np.empty_like(x, dtype=np.result_type(x, np.float32))
+    # result_type of the *dtype* (not the array): value-based casting would turn a float64
+    # scalar or 0-d array into float32. float16/int8 -> float32, float64/int64 -> float64.
+    out = np.empty_like(x, dtype=np.result_type(x.dtype, np.float32))
     pos = x >= 0
     out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
     e = np.exp(x[~pos])
@@ -186,8 +189,10 @@ class GaussianSet:
         )
 
     def copy(self) -> "GaussianSet":
-        """A deep copy."""
-        return self.subset(np.arange(self.count))
+        """A deep copy (arrays and ``extra``)."""
+        out = self.subset(np.arange(self.count))
+        out.extra = copy.deepcopy(self.extra)
+        return out
 
     def to_torch(self, device="cpu", dtype=None, requires_grad: bool = False):
         """Convert to :class:`fastavatar_engine.render.GaussianTensors` (imports torch lazily)."""

@@ -31,17 +31,33 @@ class ImageLoadError(ValueError):
     """A user-supplied image cannot be used; the message names the file and the reason."""
 
 
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _high_depth_to_unit(img: Image.Image) -> np.ndarray:
+    """A 16-bit (``I;16*``), 32-bit integer (``I``) or float (``F``) image as float64 in [0, 1].
+
+    ``I;16*``: divided by 65535.  ``I``: by 65535 when any value exceeds 255, else by 255.
+    ``F``: taken as [0, 1] when no value exceeds 1, else as [0, 255]. NaN becomes 0; values
+    outside the range are clipped.
+    """
+    mode = img.mode
+    a = np.asarray(img).astype(np.float64)
+    a = np.nan_to_num(a, nan=0.0, posinf=np.finfo(np.float64).max, neginf=0.0)
+    peak = a.max(initial=0.0)
+    if mode.startswith("I;16"):
+        hi = 65535.0
+    elif mode == "F":
+        hi = 1.0 if peak <= 1.0 else 255.0
+    else:  # "I"
+        hi = 65535.0 if peak > 255 else 255.0
+    return np.clip(a / hi, 0.0, 1.0)
+
+
 def _to_rgb8(img: Image.Image, name: str) -> np.ndarray:
     mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        a = np.asarray(img).astype(np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
-        g = np.clip(np.round(a * (255.0 / hi)), 0, 255).astype(np.uint8)
-        return np.repeat(g[..., None], 3, axis=2)
-    if mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        hi = 1.0 if a.max(initial=0) <= 1.0 else 255.0
-        g = np.clip(np.round(a * (255.0 / hi)), 0, 255).astype(np.uint8)
+    if mode in _HIGH_DEPTH_MODES:
+        g = np.round(_high_depth_to_unit(img) * 255.0).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
     if has_alpha:
@@ -65,24 +81,32 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise ImageLoadError(f"{name}: file not found")
         if path.is_dir():
             raise ImageLoadError(f"{name}: is a directory, not an image")
-        if path.stat().st_size == 0:
-            raise ImageLoadError(f"{name}: file is empty (0 bytes)")
-        fp = open(path, "rb")
+        try:
+            if path.stat().st_size == 0:
+                raise ImageLoadError(f"{name}: file is empty (0 bytes)")
+            fp = open(path, "rb")
+        except OSError as exc:  # permission denied, special files, ...
+            raise ImageLoadError(f"{name}: cannot open file ({exc})") from exc
     else:
         if len(source) == 0:
             raise ImageLoadError(f"{name}: empty image data")
         fp = io.BytesIO(bytes(source))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own ``max_pixels`` check below is the authority: Pillow's softer warning
+            # threshold (Image.MAX_IMAGE_PIXELS, ~89 MP) must not refuse an image a caller has
+            # allowed. Pillow still refuses above twice that (DecompressionBombError).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
                 img = Image.open(fp)
             except UnidentifiedImageError as exc:
                 raise ImageLoadError(f"{name}: not a recognised image format") from exc
             except Image.DecompressionBombError as exc:
                 raise ImageLoadError(f"{name}: image is too large to load safely ({exc})") from exc
-            except Image.DecompressionBombWarning as exc:
-                raise ImageLoadError(f"{name}: image is too large to load safely ({exc})") from exc
+            except Exception as exc:  # OSError / EOFError / SyntaxError / struct.error from a cut header
+                raise ImageLoadError(
+                    f"{name}: image header is truncated or corrupt ({type(exc).__name__}: {exc})"
+                ) from exc
             w, h = img.size
             if w <= 0 or h <= 0:
                 raise ImageLoadError(f"{name}: image has zero size {w}x{h}")
@@ -93,8 +117,10 @@ def open_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
             try:
                 img.load()
                 img = ImageOps.exif_transpose(img)
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-                raise ImageLoadError(f"{name}: image data is truncated or corrupt ({exc})") from exc
+            except Exception as exc:  # decoders raise OSError, EOFError, SyntaxError, ValueError, ...
+                raise ImageLoadError(
+                    f"{name}: image data is truncated or corrupt ({type(exc).__name__}: {exc})"
+                ) from exc
         return img
     finally:
         fp.close()
@@ -118,10 +144,8 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 def load_mask(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Load a foreground mask as ``[H, W] float32`` in [0, 1] (grey levels kept; colour masks averaged)."""
     img = open_image(source, max_pixels)
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max(initial=0) > 255 else (1.0 if img.mode == "F" else 255.0)
-        return np.clip(a / hi, 0, 1).astype(np.float32)
+    if img.mode in _HIGH_DEPTH_MODES:
+        return _high_depth_to_unit(img).astype(np.float32)
     return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
 
 
@@ -130,10 +154,16 @@ def save_png(path, rgb: np.ndarray) -> Path:
     from .ply import _atomic_write
 
     a = np.asarray(rgb)
-    if a.dtype != np.uint8:
-        a = np.clip(np.round(np.asarray(a, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
-    if a.ndim not in (2, 3):
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)):
         raise ValueError(f"save_png: expected [H,W] or [H,W,3] array, got shape {a.shape}")
+    if a.dtype.kind in "iu" and a.dtype != np.uint8:
+        # Ambiguous (0-255? 0-65535? 0/1?): multiplying by 255 would silently saturate it.
+        raise ValueError(f"save_png: integer arrays must be uint8 (or pass floats in [0, 1]), got {a.dtype}")
+    if a.dtype != np.uint8:
+        f = np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0)
+        a = np.clip(np.round(f * 255.0), 0, 255).astype(np.uint8)
     path = Path(path)
     _atomic_write(path, lambda tmp: Image.fromarray(a).save(tmp, format="PNG"))
     return path

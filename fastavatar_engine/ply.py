@@ -19,7 +19,7 @@ by :func:`read_ply` and can be turned into isotropic Gaussians by :func:`read_po
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +48,22 @@ def inria_property_names(sh_degree: int = 3) -> list[str]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a failure never leaves a partial file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a failure never leaves a partial file.
+
+    The temporary file is created next to ``path`` with mode 0o666 filtered by the umask (as
+    ``open(path, "w")`` would), not the owner-only 0o600 of :func:`tempfile.mkstemp`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise FileExistsError(f"{path}: cannot create a temporary file next to it")
     os.close(fd)
     try:
         write(tmp)
@@ -89,15 +101,76 @@ def write_ply(path: str | os.PathLike, gaussians: GaussianSet, sh_degree: int = 
     return out
 
 
+_PLY_TYPE_SIZES = {
+    "char": 1, "int8": 1, "uchar": 1, "uint8": 1, "short": 2, "int16": 2, "ushort": 2, "uint16": 2,
+    "int": 4, "int32": 4, "uint": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8,
+}
+_MAX_HEADER_BYTES = 1 << 20
+
+
+def _check_header(path: Path, fh, max_vertices: int) -> None:
+    """Scan the header of an open PLY and refuse absurd or truncated element counts *before*
+    plyfile allocates arrays for them (it sizes its arrays from the header's counts)."""
+    header = b""
+    while not header.endswith((b"end_header\n", b"end_header\r\n")):
+        line = fh.readline()
+        if not line:
+            raise PlyFormatError(f"{path}: header is truncated (no end_header line)")
+        header += line
+        if len(header) > _MAX_HEADER_BYTES:
+            raise PlyFormatError(f"{path}: no end_header within the first {_MAX_HEADER_BYTES} bytes")
+    fmt = None
+    elements: list[list] = []  # [name, count, min_row_bytes, n_properties]
+    for raw in header.decode("ascii", errors="replace").splitlines():
+        words = raw.split()
+        if not words:
+            continue
+        if words[0] == "format" and len(words) >= 2:
+            fmt = words[1]
+        elif words[0] == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise PlyFormatError(f"{path}: malformed header line {raw.strip()!r}")
+            elements.append([words[1], int(words[2]), 0, 0])
+        elif words[0] == "property" and elements:
+            elements[-1][3] += 1
+            # scalar: its size; list: at least its length field (an empty list)
+            size_type = words[2] if len(words) >= 3 and words[1] == "list" else (words[1] if len(words) > 1 else "")
+            elements[-1][2] += _PLY_TYPE_SIZES.get(size_type, 1)
+    for name, count, _, _ in elements:
+        if name == "vertex" and count > max_vertices:
+            raise PlyFormatError(
+                f"{path}: header declares {count:,} vertices, above the limit of {max_vertices:,}"
+            )
+    remaining = path.stat().st_size - fh.tell()  # bytes after end_header
+    if fmt in ("binary_little_endian", "binary_big_endian"):
+        needed = sum(count * row for _, count, row, _ in elements)
+        what = "bytes"
+    elif fmt == "ascii":
+        # every value is at least one character followed by a space or a newline
+        needed = sum(count * 2 * nprop for _, count, _, nprop in elements) - 1
+        what = "bytes of text"
+    else:
+        raise PlyFormatError(f"{path}: unknown PLY format {fmt!r}")
+    if needed > remaining:
+        counts = ", ".join(f"{count:,} {name}" for name, count, _, _ in elements)
+        raise PlyFormatError(
+            f"{path}: file is truncated: header declares {counts} (at least {needed:,} {what}) "
+            f"but only {max(remaining, 0):,} bytes follow the header"
+        )
+
+
 def _read_vertices(path: Path, max_vertices: int):
     if not path.exists():
         raise PlyFormatError(f"{path}: file not found")
+    if path.is_dir():
+        raise PlyFormatError(f"{path}: is a directory, not a PLY file")
     if path.stat().st_size == 0:
         raise PlyFormatError(f"{path}: file is empty (0 bytes)")
     try:
         with open(path, "rb") as fh:
-            if fh.read(3) != b"ply":
+            if fh.readline().rstrip(b"\r\n") != b"ply":
                 raise PlyFormatError(f"{path}: not a PLY file (missing 'ply' magic)")
+            _check_header(path, fh, max_vertices)
         ply = PlyData.read(str(path), mmap=False)
     except PlyFormatError:
         raise
@@ -138,7 +211,10 @@ def read_ply(path: str | os.PathLike, max_vertices: int = MAX_VERTICES) -> Gauss
         raise PlyFormatError(f"{path}: f_rest properties are not numbered 0..{n_rest - 1}")
 
     def cols(keys):
-        return np.stack([np.asarray(vertex[k], dtype=np.float32) for k in keys], axis=1)
+        try:
+            return np.stack([np.asarray(vertex[k], dtype=np.float32) for k in keys], axis=1)
+        except (TypeError, ValueError) as exc:  # e.g. a list property where a scalar belongs
+            raise PlyFormatError(f"{path}: properties {list(keys)} are not numeric scalars ({exc})") from exc
 
     n = vertex.count
     m = (degree + 1) ** 2 - 1
@@ -150,7 +226,7 @@ def read_ply(path: str | os.PathLike, max_vertices: int = MAX_VERTICES) -> Gauss
         means=cols(["x", "y", "z"]),
         log_scales=cols(["scale_0", "scale_1", "scale_2"]),
         rotations=cols(["rot_0", "rot_1", "rot_2", "rot_3"]),
-        opacity_logits=np.asarray(vertex["opacity"], dtype=np.float32),
+        opacity_logits=cols(["opacity"])[:, 0],
         sh=sh,
         extra={"sh_degree": degree, "source": str(path)},
     )

@@ -149,8 +149,7 @@ def _rasterize_band(
         yy0 = torch.clamp(y0, min=row0)
         yy1 = torch.clamp(y1, max=row1)
         wx = (x1 - x0).clamp_min(0)
-        hy = (yy1 - yy0).clamp_min(0)
-        cnt = wx * hy
+        cnt = wx * (yy1 - yy0).clamp_min(0)
         keep_g = torch.nonzero(cnt > 0).squeeze(1)
         if keep_g.numel() == 0:
             rgb = background.to(dtype).expand(h, width, 3).clone()
@@ -158,47 +157,54 @@ def _rasterize_band(
         cnt_k = cnt[keep_g]
         total = int(cnt_k.sum())
         offsets = torch.cumsum(cnt_k, 0) - cnt_k
+        # one packed per-Gaussian row, gathered once per pair: box origin/width as exact ints,
+        # then the projected parameters for the alpha test
+        ibox = torch.stack([x0[keep_g], yy0[keep_g], wx[keep_g], offsets, keep_g], dim=1)
+        fpar = torch.cat([means2d.detach()[keep_g], conics.detach()[keep_g], opacities.detach()[keep_g, None]], 1)
         gl = torch.repeat_interleave(torch.arange(keep_g.numel(), device=device), cnt_k, output_size=total)
-        local = torch.arange(total, device=device) - offsets[gl]
-        wxk = wx[keep_g][gl]
-        px = x0[keep_g][gl] + local % wxk
-        py = yy0[keep_g][gl] + local // wxk
-        gid = keep_g[gl]
-        del gl, local, wxk
-        # alpha of every candidate pair (no grad) to drop the negligible ones
-        m2 = means2d.detach()
-        cn = conics.detach()
-        dx = m2[gid, 0] - (px.to(dtype) + 0.5)
-        dy = m2[gid, 1] - (py.to(dtype) + 0.5)
-        sigma = 0.5 * (cn[gid, 0] * dx * dx + cn[gid, 2] * dy * dy) + cn[gid, 1] * dx * dy
-        alpha = torch.clamp_max(opacities.detach()[gid] * torch.exp(-sigma), ALPHA_MAX)
-        ok = (sigma >= 0) & (alpha >= ALPHA_MIN)
-        gid, pix, alpha = gid[ok], ((py[ok] - row0) * width + px[ok]), alpha[ok]
-        del px, py, dx, dy, sigma, ok
+        ib = ibox.index_select(0, gl)
+        fp = fpar.index_select(0, gl)
+        del gl
+        local = torch.arange(total, device=device) - ib[:, 3]
+        px = ib[:, 0] + local % ib[:, 2]
+        py = ib[:, 1] + local // ib[:, 2]
+        del local
+        dx = fp[:, 0] - (px.to(dtype) + 0.5)
+        dy = fp[:, 1] - (py.to(dtype) + 0.5)
+        sigma = 0.5 * (fp[:, 2] * dx * dx + fp[:, 4] * dy * dy) + fp[:, 3] * dx * dy
+        alpha = torch.clamp_max(fp[:, 5] * torch.exp(-sigma), ALPHA_MAX)
+        ok = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_MIN)).squeeze(1)
+        del dx, dy, sigma, fp
+        pix = ((py.index_select(0, ok) - row0) * width + px.index_select(0, ok))
+        gid = ib[:, 4].index_select(0, ok)
+        alpha = alpha.index_select(0, ok)
+        del px, py, ib, ok
         # pixel-major order; stable, so each pixel's pairs stay in depth order
         pix, order = torch.sort(pix, stable=True)
-        gid, alpha = gid[order], alpha[order]
+        gid, alpha = gid.index_select(0, order), alpha.index_select(0, order)
         seg = _segment_starts(pix)
         log1m = torch.log1p(-alpha)
         next_logT = _segment_exclusive_logT(log1m, seg) + log1m.double()
-        used = next_logT > math.log(T_MIN)
-        gid, pix = gid[used], pix[used]
-        seg = _segment_starts(pix)
-        px_f = (pix % width).to(dtype) + 0.5
-        py_f = (pix // width + row0).to(dtype) + 0.5
+        used = torch.nonzero(next_logT > math.log(T_MIN)).squeeze(1)
+        if used.numel() < pix.numel():
+            gid, pix = gid.index_select(0, used), pix.index_select(0, used)
+            seg = _segment_starts(pix)
+        pxy = torch.stack([(pix % width).to(dtype) + 0.5, (pix // width + row0).to(dtype) + 0.5], 1)
 
-    # differentiable pass over the pairs that contribute
-    dx = means2d[gid, 0] - px_f
-    dy = means2d[gid, 1] - py_f
-    cg = conics[gid]
-    sigma = 0.5 * (cg[:, 0] * dx * dx + cg[:, 2] * dy * dy) + cg[:, 1] * dx * dy
-    alpha = torch.clamp_max(opacities[gid] * torch.exp(-sigma), ALPHA_MAX)
+    # differentiable pass over the pairs that contribute: one gather of every parameter
+    par = torch.cat([means2d, conics, opacities[:, None], colors], 1).index_select(0, gid)
+    d = par[:, 0:2] - pxy
+    dx, dy = d[:, 0], d[:, 1]
+    sigma = 0.5 * (par[:, 2] * dx * dx + par[:, 4] * dy * dy) + par[:, 3] * dx * dy
+    alpha = torch.clamp_max(par[:, 5] * torch.exp(-sigma), ALPHA_MAX)
     log1m = torch.log1p(-alpha)
     T = torch.exp(_segment_exclusive_logT(log1m, seg)).to(dtype)
     wgt = alpha * T
-    acc_rgb = torch.zeros(npix, 3, dtype=dtype, device=device).index_add(0, pix, wgt[:, None] * colors[gid])
-    acc_a = torch.zeros(npix, dtype=dtype, device=device).index_add(0, pix, wgt)
-    rgb = acc_rgb + (1.0 - acc_a)[:, None] * background.to(dtype)
+    acc = torch.zeros(npix, 4, dtype=dtype, device=device).index_add(
+        0, pix, torch.cat([wgt[:, None] * par[:, 6:9], wgt[:, None]], 1)
+    )
+    acc_a = acc[:, 3]
+    rgb = acc[:, :3] + (1.0 - acc_a)[:, None] * background.to(dtype)
     return rgb.reshape(h, width, 3), acc_a.reshape(h, width)
 
 

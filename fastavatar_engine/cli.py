@@ -1,0 +1,220 @@
+"""The ``fastavatar`` command line.
+
+    fastavatar detect PHOTO [--face-index N] [--json OUT]     faces, landmarks and a camera, as JSON
+    fastavatar render PLY --out PNG [--view front,left,...]   look at any 3DGS PLY or point cloud
+
+Exit status: 0 on success, 2 for a usage error or a bad input file (the message says which file
+and why), 1 for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: Named views for ``render --view``: (yaw, pitch) in degrees around the model's centre. The head
+#: faces +z, so yaw 0 is the front; positive yaw moves the camera to the subject's left (+x).
+NAMED_VIEWS = {
+    "front": (0.0, 0.0),
+    "left": (90.0, 0.0),
+    "right": (-90.0, 0.0),
+    "back": (180.0, 0.0),
+    "top": (0.0, 80.0),
+    "three-quarter": (35.0, 10.0),
+    "three-quarter-right": (-35.0, 10.0),
+}
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- render
+def _parse_colour(text: str) -> tuple[float, float, float]:
+    names = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "grey": (0.5, 0.5, 0.5), "gray": (0.5, 0.5, 0.5)}
+    if text.lower() in names:
+        return names[text.lower()]
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3 or not all(0.0 <= v <= 1.0 for v in vals):
+        raise CliError(f"--background: expected white, black, grey or 'R,G,B' in [0,1], got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def _auto_point_size(points: np.ndarray) -> float:
+    """0.8 x the median nearest-neighbour spacing (metres), from up to 2,000 sampled points."""
+    n = len(points)
+    if n < 2:
+        return 0.01
+    rng = np.random.default_rng(0)
+    sample = points[rng.choice(n, size=min(n, 2000), replace=False)]
+    best = np.full(len(sample), np.inf)
+    for chunk in np.array_split(points, max(1, n // 4000)):
+        d = ((sample[:, None, :] - chunk[None, :, :]) ** 2).sum(-1)
+        d[d == 0] = np.inf  # the point itself
+        best = np.minimum(best, d.min(1))
+    return float(0.8 * np.sqrt(np.median(best[np.isfinite(best)])))
+
+
+def _load_for_render(path: Path, point_size: str):
+    from .ply import PlyFormatError, read_ply, read_point_cloud, _read_vertices
+
+    try:
+        names = set(_read_vertices(path, 20_000_000).data.dtype.names or ())
+        if {"opacity", "scale_0", "rot_0", "f_dc_0"} <= names:
+            return read_ply(path), "gaussians"
+        g = read_point_cloud(path)
+    except PlyFormatError as exc:
+        raise CliError(str(exc)) from exc
+    size = _auto_point_size(g.means.astype(np.float64)) if point_size == "auto" else float(point_size)
+    if not size > 0:
+        raise CliError(f"--point-size must be positive, got {point_size}")
+    g.log_scales[:] = np.float32(math.log(size))
+    return g, f"point cloud ({len(g)} points drawn as {1000 * size:.2f} mm splats)"
+
+
+def _framing(means: np.ndarray) -> tuple[np.ndarray, float]:
+    """Robust centre and radius (metres) of a Gaussian set: 1st-99th percentile box."""
+    lo, hi = np.percentile(means, 1, axis=0), np.percentile(means, 99, axis=0)
+    centre = 0.5 * (lo + hi)
+    radius = float(np.percentile(np.linalg.norm(means - centre, axis=1), 99))
+    return centre, max(radius, 1e-3)
+
+
+def cmd_render(args) -> int:
+    from .cameras import CameraError, intrinsics_from_fov, load_subject, orbit_c2w
+    from .images import save_png
+    from .render import render_to_uint8
+
+    path = Path(args.ply)
+    g, kind = _load_for_render(path, args.point_size)
+    background = _parse_colour(args.background)
+    tiles, described = [], []
+    if args.camera:
+        cam_path = Path(args.camera)
+        root = cam_path.parent if cam_path.is_file() else cam_path
+        try:
+            subject = load_subject(root)
+            view = subject.view(args.camera_index)
+        except (CameraError, KeyError) as exc:
+            raise CliError(str(exc)) from exc
+        tiles.append(render_to_uint8(g, view.c2w, view.K, view.width, view.height, background, args.backend, args.device))
+        described.append(f"camera {view.camera_index} of {root}")
+    else:
+        width, height = args.size
+        if not (16 <= width <= 8192 and 16 <= height <= 8192):
+            raise CliError(f"--size must be within 16..8192 pixels, got {width}x{height}")
+        centre, radius = _framing(g.means.astype(np.float64))
+        fov = math.radians(args.fov)
+        fov_y = 2.0 * math.atan(math.tan(0.5 * fov) * height / width)
+        # the bounding sphere fits the narrower of the two fields of view, with a 8% margin
+        distance = args.distance or 1.08 * radius / math.sin(0.5 * min(fov, fov_y))
+        K = intrinsics_from_fov(width, height, fov)
+        if args.yaw is not None or args.pitch is not None:
+            views = [("custom", (args.yaw or 0.0, args.pitch or 0.0))]
+        else:
+            names = [v.strip() for v in args.view.split(",") if v.strip()]
+            unknown = [v for v in names if v not in NAMED_VIEWS]
+            if unknown or not names:
+                raise CliError(f"--view: unknown view(s) {unknown}; choose from {', '.join(NAMED_VIEWS)}")
+            views = [(n, NAMED_VIEWS[n]) for n in names]
+        for name, (yaw, pitch) in views:
+            c2w = orbit_c2w(yaw, pitch, distance, target=centre)
+            tiles.append(render_to_uint8(g, c2w, K, width, height, background, args.backend, args.device))
+            described.append(f"{name} (yaw {yaw:g}, pitch {pitch:g})")
+    image = tiles[0] if len(tiles) == 1 else np.concatenate(tiles, axis=1)
+    out = save_png(args.out, image)
+    print(json.dumps({"ply": str(path), "content": kind, "gaussians": len(g), "views": described,
+                      "out": str(out), "width": int(image.shape[1]), "height": int(image.shape[0])}))
+    return 0
+
+
+# --------------------------------------------------------------------------- detect
+def cmd_detect(args) -> int:
+    from .face import detect_json
+
+    result = detect_json(
+        args.image,
+        face_index=args.face_index,
+        dense=not args.no_dense,
+        focal_px=args.focal_px,
+        embed=args.embed,
+    )
+    text = json.dumps(result, indent=None if args.compact else 2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="fastavatar", description="FastAvatar engine command line.")
+    p.add_argument("--version", action="version", version=f"fastavatar {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("detect", help="detect faces, landmarks and the photo's camera; prints JSON")
+    d.add_argument("image", help="photo (JPEG, PNG, TIFF, WebP, ...)")
+    d.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest; default largest)")
+    d.add_argument("--focal-px", type=float, default=None, help="known focal length in pixels (default: estimated)")
+    d.add_argument("--embed", action="store_true", help="also print the identity embedding")
+    d.add_argument("--no-dense", action="store_true", help="omit the 478 dense landmarks from the JSON")
+    d.add_argument("--json", help="also write the JSON to this file")
+    d.add_argument("--compact", action="store_true", help="one-line JSON")
+    d.set_defaults(func=cmd_detect)
+
+    r = sub.add_parser("render", help="render a 3DGS PLY (or a plain point cloud) to PNG")
+    r.add_argument("ply", help="INRIA 3DGS PLY, or any PLY with x, y, z (drawn as small splats)")
+    r.add_argument("--out", "-o", required=True, help="output PNG")
+    r.add_argument("--view", default="front", help=f"comma-separated named views, side by side: {', '.join(NAMED_VIEWS)}")
+    r.add_argument("--yaw", type=float, default=None, help="custom view: yaw in degrees (0 = front, + = subject's left)")
+    r.add_argument("--pitch", type=float, default=None, help="custom view: pitch in degrees (+ = from above)")
+    r.add_argument("--distance", type=float, default=None, help="camera distance in metres (default: frame the model)")
+    r.add_argument("--fov", type=float, default=30.0, help="horizontal field of view in degrees (default 30)")
+    r.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("W", "H"), help="image size in pixels")
+    r.add_argument("--camera", help="render from a calibrated camera instead: a transforms.json (or its folder)")
+    r.add_argument("--camera-index", type=int, default=8, help="camera_index within --camera (default 8, frontal)")
+    r.add_argument("--background", default="white", help="white, black, grey or 'R,G,B' in [0,1]")
+    r.add_argument("--point-size", default="auto", help="splat std-dev in metres for plain point clouds (default: auto)")
+    r.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"])
+    r.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+    r.set_defaults(func=cmd_render)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fastavatar`` console script. Returns the exit status."""
+    from .cameras import CameraError
+    from .gaussians import GaussianValidationError
+    from .images import ImageLoadError
+    from .ply import PlyFormatError
+
+    args = build_parser().parse_args(argv)
+    user_errors: tuple[type[BaseException], ...] = (
+        CliError, ImageLoadError, PlyFormatError, GaussianValidationError, CameraError, FileNotFoundError,
+    )
+    try:
+        from .face import FaceError  # optional extra; absent -> only its own error type matters
+        from .face._deps import FaceDependencyError
+
+        user_errors += (FaceError, FaceDependencyError)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except user_errors as exc:
+        print(f"fastavatar {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Shared test helpers: where the NeRSemble sample data lives, and a skip when it is absent."""
+
+from pathlib import Path
+
+import pytest
+
+#: ../shared/data/nersemble_samples next to the repository (never copied into it).
+SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/nersemble_samples"
+SUBJECTS = ("128", "306", "369")
+
+
+def require_samples() -> Path:
+    """Return :data:`SAMPLES`, or skip the calling test when the sample data is not present."""
+    if not (SAMPLES / SUBJECTS[0] / "transforms.json").is_file():
+        pytest.skip(f"sample data not found at {SAMPLES}")
+    return SAMPLES
+
+
+@pytest.fixture
+def samples() -> Path:
+    """The sample-data folder (skips the test when it is absent)."""
+    return require_samples()
