@@ -154,21 +154,43 @@ def _rasterize_band(
         if keep_g.numel() == 0:
             rgb = background.to(dtype).expand(h, width, 3).clone()
             return rgb, torch.zeros(h, width, dtype=dtype, device=device)
-        cnt_k = cnt[keep_g]
-        total = int(cnt_k.sum())
-        offsets = torch.cumsum(cnt_k, 0) - cnt_k
-        # one packed per-Gaussian row, gathered once per pair: box origin/width as exact ints,
-        # then the projected parameters for the alpha test
-        ibox = torch.stack([x0[keep_g], yy0[keep_g], wx[keep_g], offsets, keep_g], dim=1)
-        fpar = torch.cat([means2d.detach()[keep_g], conics.detach()[keep_g], opacities.detach()[keep_g, None]], 1)
-        gl = torch.repeat_interleave(torch.arange(keep_g.numel(), device=device), cnt_k, output_size=total)
+        # stage 1: one entry per (Gaussian, row) with the exact column span where the
+        # Gaussian's alpha can reach 1/255: a u^2 + 2 b v u + c v^2 <= 2 ln(255 o), u, v the
+        # offsets of the pixel centre from the mean (clipped to the Gaussian's box, as gsplat)
+        hy_k = (yy1 - yy0)[keep_g]
+        n_rows = int(hy_k.sum())
+        gr = torch.repeat_interleave(keep_g, hy_k, output_size=n_rows)
+        row_off = torch.cumsum(hy_k, 0) - hy_k
+        rows = yy0[keep_g].repeat_interleave(hy_k, output_size=n_rows) + (
+            torch.arange(n_rows, device=device) - row_off.repeat_interleave(hy_k, output_size=n_rows)
+        )
+        m2d, cnd, opd = means2d.detach(), conics.detach(), opacities.detach()
+        a_, b_, c_ = cnd[gr, 0], cnd[gr, 1], cnd[gr, 2]
+        v = rows.to(dtype) + 0.5 - m2d[gr, 1]
+        # (+1e-3: a margin so rounding never drops a pixel; the exact alpha test below decides)
+        level = 2.0 * torch.log(opd[gr].clamp_min(ALPHA_MIN) / ALPHA_MIN) + 1e-3
+        disc = (b_ * v) ** 2 - a_ * (c_ * v * v - level)
+        root = torch.sqrt(disc.clamp_min(0))
+        ulo = (-b_ * v - root) / a_
+        uhi = (-b_ * v + root) / a_
+        mxr = m2d[gr, 0]
+        c0 = torch.maximum(torch.ceil(mxr + ulo - 0.5).to(torch.int64), x0[gr])
+        c1 = torch.minimum(torch.floor(mxr + uhi - 0.5).to(torch.int64) + 1, x1[gr])
+        span = torch.where(disc >= 0, (c1 - c0).clamp_min(0), torch.zeros_like(c0))
+        total = int(span.sum())
+        if total == 0:
+            rgb = background.to(dtype).expand(h, width, 3).clone()
+            return rgb, torch.zeros(h, width, dtype=dtype, device=device)
+        # stage 2: expand spans into pixel-Gaussian pairs with one packed gather
+        offsets = torch.cumsum(span, 0) - span
+        ibox = torch.stack([c0, rows, offsets, gr], dim=1)
+        fpar = torch.cat([m2d, cnd, opd[:, None]], 1)
+        gl = torch.repeat_interleave(torch.arange(n_rows, device=device), span, output_size=total)
         ib = ibox.index_select(0, gl)
-        fp = fpar.index_select(0, gl)
-        del gl
-        local = torch.arange(total, device=device) - ib[:, 3]
-        px = ib[:, 0] + local % ib[:, 2]
-        py = ib[:, 1] + local // ib[:, 2]
-        del local
+        del gl, gr, rows, a_, b_, c_, v, level, disc, root, ulo, uhi, mxr, c0, c1, span, offsets
+        px = ib[:, 0] + (torch.arange(total, device=device) - ib[:, 2])
+        py = ib[:, 1]
+        fp = fpar.index_select(0, ib[:, 3])
         dx = fp[:, 0] - (px.to(dtype) + 0.5)
         dy = fp[:, 1] - (py.to(dtype) + 0.5)
         sigma = 0.5 * (fp[:, 2] * dx * dx + fp[:, 4] * dy * dy) + fp[:, 3] * dx * dy
@@ -176,7 +198,7 @@ def _rasterize_band(
         ok = torch.nonzero((sigma >= 0) & (alpha >= ALPHA_MIN)).squeeze(1)
         del dx, dy, sigma, fp
         pix = ((py.index_select(0, ok) - row0) * width + px.index_select(0, ok))
-        gid = ib[:, 4].index_select(0, ok)
+        gid = ib[:, 3].index_select(0, ok)
         alpha = alpha.index_select(0, ok)
         del px, py, ib, ok
         # pixel-major order; stable, so each pixel's pairs stay in depth order
