@@ -137,17 +137,64 @@ def cmd_render(args) -> int:
 
 
 # --------------------------------------------------------------------------- detect
-def cmd_detect(args) -> int:
-    from .face import detect_json
+class _QuietNativeStderr:
+    """Send file descriptor 2 to /dev/null inside the block (MediaPipe's C++ logging writes
+    there before absl is initialised, so its environment switches cannot silence it).
+    Python-level errors are raised after the block and still reach the user."""
 
-    result = detect_json(
-        args.image,
-        face_index=args.face_index,
-        dense=not args.no_dense,
-        focal_px=args.focal_px,
-        embed=args.embed,
-    )
-    text = json.dumps(result, indent=None if args.compact else 2)
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def __enter__(self):
+        if self.enabled:
+            import os
+
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            import os
+
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+        return False
+
+
+def cmd_detect(args) -> int:
+    import os
+
+    # MediaPipe's C++ logging writes INFO/WARNING lines to stderr; keep them out of the way.
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from .cameras import intrinsics
+    from .face import FaceFrontEnd, create_embedder, select_face
+    from .images import load_image
+
+    image = load_image(args.image)
+    h, w = image.shape[:2]
+    K = None
+    if args.focal_px is not None:
+        if not args.focal_px > 0:
+            raise CliError(f"--focal-px must be positive, got {args.focal_px}")
+        K = intrinsics(args.focal_px, args.focal_px, 0.5 * w, 0.5 * h)
+    with _QuietNativeStderr(not args.verbose), FaceFrontEnd() as fe:
+        faces = fe.detect(image)
+        face = select_face(faces, args.face_index, image_name=str(args.image))  # NoFaceError / FaceIndexError
+        report = fe.describe(image, with_camera=True, K=K, dense=not args.no_dense, faces=faces)
+    report["image"] = str(args.image)
+    report["selected_face"] = next(i for i, f in enumerate(faces) if f is face)
+    if args.embed:
+        embedder = create_embedder(args.embedder)
+        report["faces"][report["selected_face"]]["embedding"] = {
+            "model": embedder.name, "dim": embedder.dim,
+            "values": [round(float(v), 6) for v in embedder.embed(image, face)],
+        }
+    text = json.dumps(report, indent=None if args.compact else 2)
     if args.json:
         Path(args.json).write_text(text + "\n")
     print(text)
@@ -166,10 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("image", help="photo (JPEG, PNG, TIFF, WebP, ...)")
     d.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest; default largest)")
     d.add_argument("--focal-px", type=float, default=None, help="known focal length in pixels (default: estimated)")
-    d.add_argument("--embed", action="store_true", help="also print the identity embedding")
+    d.add_argument("--embed", action="store_true", help="also print the selected face's identity embedding")
+    d.add_argument("--embedder", default=None,
+                   help="identity model: default dlib (128-D), or an ArcFace .onnx / insightface pack folder (512-D)")
     d.add_argument("--no-dense", action="store_true", help="omit the 478 dense landmarks from the JSON")
     d.add_argument("--json", help="also write the JSON to this file")
     d.add_argument("--compact", action="store_true", help="one-line JSON")
+    d.add_argument("--verbose", action="store_true", help="keep MediaPipe's native log lines on stderr")
     d.set_defaults(func=cmd_detect)
 
     r = sub.add_parser("render", help="render a 3DGS PLY (or a plain point cloud) to PNG")
