@@ -9,6 +9,13 @@ SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/nersemble_sa
 SUBJECTS = ("128", "306", "369")
 
 
+#: Marker for tests that need the sample data (skipped when it is absent).
+needs_samples = pytest.mark.skipif(
+    not all((SAMPLES / s / "transforms.json").is_file() for s in SUBJECTS),
+    reason=f"sample data not found at {SAMPLES}",
+)
+
+
 def require_samples() -> Path:
     """Return :data:`SAMPLES`, or skip the calling test when the sample data is not present."""
     if not (SAMPLES / SUBJECTS[0] / "transforms.json").is_file():

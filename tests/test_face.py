@@ -31,10 +31,7 @@ from fastavatar_engine.face import (
 )
 from fastavatar_engine.face.landmarks import ARCFACE5_FROM_MESH, DLIB5_FROM_MESH
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/nersemble_samples"
-SUBJECTS = ("128", "306", "369")
-needs_samples = pytest.mark.skipif(not all((SAMPLES / s / "transforms.json").is_file() for s in SUBJECTS),
-                                   reason=f"sample data not found at {SAMPLES}")
+from conftest import SAMPLES, SUBJECTS, needs_samples  # noqa: E402
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -401,20 +398,19 @@ def test_arcface_missing_or_wrong_model(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 112, 112])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "identity.onnx"))
+    def identity_model(path, channels):
+        shape = [1, channels, 112, 112]
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+        m.ir_version = 8
+        onnx.save(m, str(path))
+        return path
+
     with pytest.raises(FaceModelError, match=r"\[N,D\] embedding output"):
-        ArcFaceEmbedder(tmp_path / "identity.onnx")
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 112, 112])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 112, 112])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    onnx.save(m, str(tmp_path / "gray.onnx"))
+        ArcFaceEmbedder(identity_model(tmp_path / "identity.onnx", 3))
+    identity_model(tmp_path / "gray.onnx", 1)
     with pytest.raises(FaceModelError, match="NCHW"):
         ArcFaceEmbedder(tmp_path / "gray.onnx")
 

@@ -34,13 +34,11 @@ from fastavatar_engine.face import (
 from fastavatar_engine.face.landmarks import IRIS_LANDMARKS
 from fastavatar_engine.face.triangulate import Observation, triangulate_observations, triangulate_subject
 
-SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/nersemble_samples"
-SUBJECTS = ("128", "306", "369")
+from conftest import SAMPLES, SUBJECTS, needs_samples  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 EVAL_JSON = Path("/tmp/fastavatar_pose_eval.json")
 
-needs_samples = pytest.mark.skipif(not all((SAMPLES / s / "transforms.json").is_file() for s in SUBJECTS),
-                                   reason=f"sample data not found at {SAMPLES}")
 
 
 def _rz(deg):
