@@ -201,6 +201,104 @@ def cmd_detect(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- generate / evaluate
+def _progress_bar(label: str):
+    state = {"t0": None}
+
+    def report(step: int, total: int, loss: float) -> bool:
+        import time
+
+        if state["t0"] is None:
+            state["t0"] = time.perf_counter()
+        if step == total or step % max(1, total // 20) == 0:
+            el = time.perf_counter() - state["t0"]
+            eta = el / step * (total - step)
+            print(f"{label} {step}/{total}  loss {loss:.4f}  {el:.0f}s elapsed, ~{eta:.0f}s left", file=sys.stderr)
+        return True
+
+    return report
+
+
+def cmd_generate(args) -> int:
+    from .generate import AvatarGenerator, preview_strip, save_avatar
+    from .images import load_image, save_png
+
+    if args.refine < 0:
+        raise CliError(f"--refine must be >= 0, got {args.refine}")
+    image = load_image(args.photo)
+    with _QuietNativeStderr(not args.verbose):
+        gen = AvatarGenerator(args.weights, device=args.device or "cpu", embedder=args.embedder)
+    try:
+        with _QuietNativeStderr(not args.verbose):
+            avatar = gen.generate(image, face_index=args.face_index)
+        avatar.photo = str(args.photo)
+        if args.refine:
+            gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"))
+        ply, meta = save_avatar(avatar, args.output)
+        out = {"ply": str(ply), "metadata": str(meta), "gaussians": len(avatar.gaussians),
+               "model_id": avatar.model_id, "refined_steps": avatar.refined_steps,
+               "camera": {k: avatar.camera.to_json()[k] for k in ("yaw_deg", "pitch_deg", "roll_deg", "distance_m")},
+               "timings_ms": {k: round(v, 1) for k, v in avatar.timings_ms.items()}}
+        if args.preview:
+            out["preview"] = str(save_png(args.preview, preview_strip(avatar, image)))
+    finally:
+        gen.close()
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_subject
+
+    with _QuietNativeStderr(not args.verbose):
+        from .generate import AvatarGenerator
+
+        gen = AvatarGenerator(args.weights)
+    try:
+        result = evaluate_subject(args.data, args.subject, args.input_view, args.refine, image_scale=args.image_scale,
+                                  generator=gen, progress=_progress_bar("refine") if args.refine else None)
+    finally:
+        gen.close()
+    text = json.dumps(result, indent=2)
+    if args.json:
+        from .ply import _atomic_write
+
+        _atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text + "\n"))
+    summary = {k: result[k]["mean"] | {"identity_similarity": result[k]["identity_similarity"]}
+               for k in ("feed_forward", "refined") if k in result}
+    print(json.dumps({"subject": args.subject, "input_view": args.input_view, **summary}, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    data = Path(args.data)
+    out = Path(args.out)
+    if args.stage in ("fit", "all"):
+        from .train.fit import FitConfig, fit_subject
+
+        cfg = FitConfig(steps=args.fit_steps, image_scale=args.image_scale)
+        for s in args.subjects:
+            if (out / "fits" / f"{s}.ply").is_file() and not args.force:
+                print(f"[fit {s}] already done ({out / 'fits' / f'{s}.ply'}); --force to redo", file=sys.stderr)
+                continue
+            fit_subject(data / s, out, cfg, resume=not args.force)
+    if args.stage in ("template", "all"):
+        from .train.template import build_template_from_fits
+
+        build_template_from_fits(out, args.subjects)
+    if args.stage in ("decoder", "all"):
+        from .train.autodecoder import DecoderTrainConfig, train_decoder
+
+        train_decoder(data, out, args.subjects, DecoderTrainConfig(steps=args.decoder_steps, image_scale=args.image_scale),
+                      resume=not args.force)
+    if args.stage in ("encoder", "all"):
+        from .train.encoder_train import EncoderTrainConfig, train_encoder
+
+        train_encoder(data, out, args.subjects, EncoderTrainConfig(steps=args.encoder_steps))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -238,6 +336,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default="auto", choices=["auto", "torch", "gsplat"])
     r.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
     r.set_defaults(func=cmd_render)
+
+    g = sub.add_parser("generate", help="photo -> 3D Gaussian head avatar (PLY + code sidecar + preview)")
+    g.add_argument("photo")
+    g.add_argument("-o", "--output", required=True, help="output INRIA PLY (a .fastavatar.json sidecar is written beside)")
+    g.add_argument("--refine", type=int, default=0, metavar="N", help="refinement steps against the photo (paper: 300)")
+    g.add_argument("--preview", help="PNG strip: the input face, then renders from -60 to +60 degrees of yaw")
+    g.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest)")
+    g.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
+    g.add_argument("--embedder", default=None, help="identity backbone override (ArcFace .onnx / buffalo_l folder)")
+    g.add_argument("--device", default=None, help="torch device (default cpu)")
+    g.add_argument("--verbose", action="store_true", help="keep MediaPipe's native log lines on stderr")
+    g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("evaluate", help="generate from one calibrated view, score the other views (JSON)")
+    e.add_argument("--data", required=True, help="folder of subject folders")
+    e.add_argument("--subject", required=True)
+    e.add_argument("--input-view", type=int, default=8, help="camera index of the input photo (default 8, frontal)")
+    e.add_argument("--refine", type=int, default=0, metavar="N", help="also evaluate after N refinement steps")
+    e.add_argument("--image-scale", type=float, default=0.5, help="scale of the evaluated views (default 0.5)")
+    e.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
+    e.add_argument("--json", help="write the full result (per view) here")
+    e.add_argument("--verbose", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    t = sub.add_parser("train", help="train a FastAvatar model on multi-view subjects (resumable stages)")
+    t.add_argument("stage", choices=["fit", "template", "decoder", "encoder", "all"])
+    t.add_argument("--data", required=True, help="folder of subject folders (e.g. ../shared/data/nersemble_samples)")
+    t.add_argument("--subjects", nargs="+", required=True, help="subject folder names, e.g. 128 306 369")
+    t.add_argument("--out", required=True, help="run folder (checkpoints and results)")
+    t.add_argument("--fit-steps", type=int, default=1000)
+    t.add_argument("--decoder-steps", type=int, default=1500)
+    t.add_argument("--encoder-steps", type=int, default=2000)
+    t.add_argument("--image-scale", type=float, default=0.5, help="training image scale (0.5 = 275x401)")
+    t.add_argument("--force", action="store_true", help="redo finished stages instead of resuming")
+    t.set_defaults(func=cmd_train)
     return p
 
 
@@ -252,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     user_errors: tuple[type[BaseException], ...] = (
         CliError, ImageLoadError, PlyFormatError, GaussianValidationError, CameraError, FileNotFoundError,
     )
+    try:
+        from .model.io import ModelLoadError
+
+        user_errors += (ModelLoadError,)
+    except ImportError:  # torch missing: the engine extra is not installed
+        pass
     try:
         from .face import FaceError  # optional extra; absent -> only its own error type matters
         from .face._deps import FaceDependencyError

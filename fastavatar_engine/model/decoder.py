@@ -1,0 +1,140 @@
+"""The FastAvatar decoder h(w, e_k) -> residuals of the K template Gaussians (torch).
+
+Liang et al., "FastAvatar", TMLR 2026 (arXiv 2508.18389), Sec. 3.2. For every Gaussian k the
+decoder sees the subject code ``w`` (512-D) and a learned per-Gaussian embedding ``e_k`` (32-D,
+initialised from the template position) and predicts residuals, applied as in the paper::
+
+    mu    = mu_T + d_mu                  d_mu = 0.1 * tanh(means_head)       (metres)
+    log s = log s_T + d_s                (s = s_T * exp(d_s))
+    q     = normalize(q_T + d_q)
+    alpha = sigmoid(logit alpha_T + d_alpha)
+    c     = c_T + d_c                    SH DC (3) + degree 1-3 (45, as [15, 3])
+
+Parameter names and shapes follow the official release's decoder state dict, so
+``decoder_neutral_flame.pth`` loads into this module (:mod:`.io`): ``gaussian_embeddings``
+[K,32]; ``conditioning_mlp.shared_body.{0,2,4,6,8,10}`` Linear 544->256->...->256 with ReLU;
+``conditioning_mlp.{scale,rotation,color,opacity,means}_head.{0,2}`` Linear 256->256, ReLU,
+Linear 256->{3,4,48,1,3}; ``base_rotations`` [K,4], ``base_scales`` [K,3] (log),
+``base_sh0`` [K,1,3], ``base_shN`` [K,15,3], ``base_opacity`` [K] (logit). Our template also
+carries ``base_means`` [K,3] (the official code takes positions from a separate geometry model).
+
+The input is ``concat([w, e_k])`` (w first). The first layer is evaluated as
+``W_w w + W_e e_k + b`` so the 512-D part is computed once per code, not once per Gaussian.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..render.types import GaussianTensors
+
+CODE_DIM = 512
+EMBED_DIM = 32
+HIDDEN = 256
+MEANS_SCALE = 0.1  # metres: the largest position residual, 0.1 * tanh(.)
+HEAD_DIMS = {"scale": 3, "rotation": 4, "color": 48, "opacity": 1, "means": 3}
+
+
+class ConditioningMLP(nn.Module):
+    """Shared body (6 Linear + ReLU) and five heads (Linear, ReLU, Linear), official layout."""
+
+    def __init__(self, in_dim: int = CODE_DIM + EMBED_DIM, hidden: int = HIDDEN, depth: int = 6):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.ReLU()]
+        self.shared_body = nn.Sequential(*layers)
+        for name, out in HEAD_DIMS.items():
+            setattr(self, f"{name}_head", nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out)))
+        for name in HEAD_DIMS:  # start as the identity map: zero residuals
+            last = getattr(self, f"{name}_head")[2]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def forward_split(self, w: torch.Tensor, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Heads' raw outputs for code ``w`` [512] and embeddings ``e`` [K,32]: dict of [K,d]."""
+        first: nn.Linear = self.shared_body[0]
+        cd = w.shape[-1]
+        h = e @ first.weight[:, cd:].T + (first.weight[:, :cd] @ w + first.bias)
+        h = torch.relu(h)
+        for layer in list(self.shared_body)[2:]:
+            h = layer(h)
+        return {name: getattr(self, f"{name}_head")(h) for name in HEAD_DIMS}
+
+
+class FastAvatarDecoder(nn.Module):
+    """Template Gaussians + the conditioning MLP; ``forward(w)`` returns the subject's Gaussians.
+
+    Args: ``template``: a :class:`GaussianTensors` (or ``GaussianSet``) of K Gaussians with SH
+    degree 3 (the per-parameter mean of per-subject fits), in the head frame (metres).
+    """
+
+    def __init__(self, template, code_dim: int = CODE_DIM, embed_dim: int = EMBED_DIM):
+        super().__init__()
+        if not isinstance(template, GaussianTensors):
+            template = GaussianTensors.from_numpy(template)
+        k = template.count
+        if template.sh.shape[1] != 16:
+            raise ValueError(f"template: expected SH degree 3 (16 coefficients), got {template.sh.shape[1]}")
+        self.code_dim = code_dim
+        self.register_buffer("base_means", template.means.detach().float().clone())
+        self.register_buffer("base_scales", template.log_scales.detach().float().clone())
+        self.register_buffer("base_rotations", template.rotations.detach().float().clone())
+        self.register_buffer("base_opacity", template.opacity_logits.detach().float().clone())
+        self.register_buffer("base_sh0", template.sh[:, :1].detach().float().clone())
+        self.register_buffer("base_shN", template.sh[:, 1:].detach().float().clone())
+        self.gaussian_embeddings = nn.Embedding(k, embed_dim)
+        with torch.no_grad():
+            self.gaussian_embeddings.weight.copy_(position_embedding_init(self.base_means, embed_dim))
+        self.conditioning_mlp = ConditioningMLP(code_dim + embed_dim)
+
+    @property
+    def num_gaussians(self) -> int:
+        return int(self.base_means.shape[0])
+
+    def residuals(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Residuals for code ``w`` [code_dim]: ``d_means`` [K,3] (metres), ``d_log_scales`` [K,3],
+        ``d_rotations`` [K,4], ``d_opacity`` [K], ``d_sh`` [K,16,3]."""
+        if w.ndim != 1 or w.shape[0] != self.code_dim:
+            raise ValueError(f"code w: expected shape [{self.code_dim}], got {list(w.shape)}")
+        out = self.conditioning_mlp.forward_split(w, self.gaussian_embeddings.weight)
+        return {
+            "d_means": MEANS_SCALE * torch.tanh(out["means"]),
+            "d_log_scales": out["scale"],
+            "d_rotations": out["rotation"],
+            "d_opacity": out["opacity"][:, 0],
+            "d_sh": out["color"].reshape(-1, 16, 3),
+        }
+
+    def apply_residuals(self, r: dict[str, torch.Tensor]) -> GaussianTensors:
+        """The paper's equations: template + residuals -> Gaussians (see module docstring)."""
+        base_sh = torch.cat([self.base_sh0, self.base_shN], 1)
+        q = self.base_rotations + r["d_rotations"]
+        return GaussianTensors(
+            means=self.base_means + r["d_means"],
+            log_scales=self.base_scales + r["d_log_scales"],
+            rotations=q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+            opacity_logits=self.base_opacity + r["d_opacity"],
+            sh=base_sh + r["d_sh"],
+        )
+
+    def forward(self, w: torch.Tensor) -> GaussianTensors:
+        """Gaussians of the subject with code ``w`` [code_dim] (differentiable in w and weights)."""
+        return self.apply_residuals(self.residuals(w))
+
+
+def position_embedding_init(means: torch.Tensor, dim: int = EMBED_DIM) -> torch.Tensor:
+    """Gaussian embeddings initialised from normalised template positions, [K, dim].
+
+    Positions are normalised to [-1, 1] per axis and expanded with sin/cos features at
+    octave frequencies (the first 3 columns are the normalised positions themselves).
+    """
+    lo, hi = means.min(0).values, means.max(0).values
+    p = 2 * (means - lo) / (hi - lo).clamp_min(1e-9) - 1
+    feats = [p]
+    f = 1.0
+    while sum(x.shape[1] for x in feats) < dim:
+        feats += [torch.sin(torch.pi * f * p), torch.cos(torch.pi * f * p)]
+        f *= 2
+    return torch.cat(feats, 1)[:, :dim].contiguous()
