@@ -233,7 +233,7 @@ def cmd_generate(args) -> int:
             avatar = gen.generate(image, face_index=args.face_index)
         avatar.photo = str(args.photo)
         if args.refine:
-            gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"))
+            gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"), mode=args.refine_mode)
         ply, meta = save_avatar(avatar, args.output)
         out = {"ply": str(ply), "metadata": str(meta), "gaussians": len(avatar.gaussians),
                "model_id": avatar.model_id, "refined_steps": avatar.refined_steps,
@@ -256,7 +256,8 @@ def cmd_evaluate(args) -> int:
         gen = AvatarGenerator(args.weights)
     try:
         result = evaluate_subject(args.data, args.subject, args.input_view, args.refine, image_scale=args.image_scale,
-                                  generator=gen, progress=_progress_bar("refine") if args.refine else None)
+                                  generator=gen, progress=_progress_bar("refine") if args.refine else None,
+                                  refine_mode=args.refine_mode)
     finally:
         gen.close()
     text = json.dumps(result, indent=2)
@@ -290,12 +291,20 @@ def cmd_train(args) -> int:
     if args.stage in ("decoder", "all"):
         from .train.autodecoder import DecoderTrainConfig, train_decoder
 
-        train_decoder(data, out, args.subjects, DecoderTrainConfig(steps=args.decoder_steps, image_scale=args.image_scale),
+        train_decoder(data, out, args.subjects, DecoderTrainConfig(
+            steps=args.decoder_steps, distill_steps=args.decoder_distill_steps, image_scale=args.image_scale),
                       resume=not args.force)
     if args.stage in ("encoder", "all"):
         from .train.encoder_train import EncoderTrainConfig, train_encoder
 
         train_encoder(data, out, args.subjects, EncoderTrainConfig(steps=args.encoder_steps))
+    if args.stage == "package":
+        from .train.package import package_run
+
+        if not args.model_dir:
+            raise CliError("train package needs --model-dir")
+        commands = [line for line in (args.commands or [])]
+        print(package_run(out, args.model_dir, args.model_id, args.subjects, commands, args.eval_json or []))
     return 0
 
 
@@ -341,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("photo")
     g.add_argument("-o", "--output", required=True, help="output INRIA PLY (a .fastavatar.json sidecar is written beside)")
     g.add_argument("--refine", type=int, default=0, metavar="N", help="refinement steps against the photo (paper: 300)")
+    g.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"],
+                   help="full: code + whole decoder (the paper's); heads: cached body, heads' output layers only "
+                        "(fast on CPU); auto: full on CUDA, heads on CPU")
     g.add_argument("--preview", help="PNG strip: the input face, then renders from -60 to +60 degrees of yaw")
     g.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest)")
     g.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
@@ -355,13 +367,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input-view", type=int, default=8, help="camera index of the input photo (default 8, frontal)")
     e.add_argument("--refine", type=int, default=0, metavar="N", help="also evaluate after N refinement steps")
     e.add_argument("--image-scale", type=float, default=0.5, help="scale of the evaluated views (default 0.5)")
+    e.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"])
     e.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
     e.add_argument("--json", help="write the full result (per view) here")
     e.add_argument("--verbose", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
     t = sub.add_parser("train", help="train a FastAvatar model on multi-view subjects (resumable stages)")
-    t.add_argument("stage", choices=["fit", "template", "decoder", "encoder", "all"])
+    t.add_argument("stage", choices=["fit", "template", "decoder", "encoder", "all", "package"])
     t.add_argument("--data", required=True, help="folder of subject folders (e.g. ../shared/data/nersemble_samples)")
     t.add_argument("--subjects", nargs="+", required=True, help="subject folder names, e.g. 128 306 369")
     t.add_argument("--out", required=True, help="run folder (checkpoints and results)")
@@ -369,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--decoder-steps", type=int, default=1500)
     t.add_argument("--encoder-steps", type=int, default=2000)
     t.add_argument("--image-scale", type=float, default=0.5, help="training image scale (0.5 = 275x401)")
+    t.add_argument("--decoder-distill-steps", type=int, default=600, help="warm-start steps of the decoder stage")
     t.add_argument("--force", action="store_true", help="redo finished stages instead of resuming")
+    t.add_argument("--model-dir", help="package: where to write the model bundle")
+    t.add_argument("--model-id", default="fastavatar-custom", help="package: the model's id")
+    t.add_argument("--eval-json", nargs="*", help="package: evaluation JSON files to include in the card")
+    t.add_argument("--commands", nargs="*", help="package: the exact commands that produced the run, for the card")
     t.set_defaults(func=cmd_train)
     return p
 

@@ -58,7 +58,8 @@ def _identity_similarity(generator, g, photo_embedding, frontal_view) -> float |
 
 
 def evaluate_subject(data_dir, subject: str, input_view: int = FRONTAL_CAMERA, refine_steps: int = 0,
-                     model=None, image_scale: float = 0.5, generator=None, progress=None) -> dict:
+                     model=None, image_scale: float = 0.5, generator=None, progress=None,
+                     refine_mode: str = "auto") -> dict:
     """Run the evaluation; returns the JSON-ready dict (see the module docstring)."""
     from .generate import AvatarGenerator
 
@@ -88,10 +89,10 @@ def evaluate_subject(data_dir, subject: str, input_view: int = FRONTAL_CAMERA, r
     if refine_steps > 0:
         t = time.perf_counter()
         gen.refine(avatar, photo, refine_steps, c2w=full_input.c2w, K=full_input.K,
-                   mask=full_input.mask.numpy(), progress=progress)
+                   mask=full_input.mask.numpy(), progress=progress, mode=refine_mode)
         g = avatar.gaussians.to_torch()
         result["refined"] = _metrics(g, others) | {
-            "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps,
+            "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps, "mode": avatar.refine_mode,
             "loss_first": round(avatar.refine_losses[0], 5), "loss_last": round(avatar.refine_losses[-1], 5),
             "identity_similarity": _identity_similarity(gen, g, photo_emb, frontal)}
     return result

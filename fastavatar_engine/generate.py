@@ -4,10 +4,13 @@ Feed-forward: photo -> face (MediaPipe) -> identity embedding (dlib or ArcFace) 
 code ``w`` -> decoder -> K Gaussians, in the FLAME head frame (y up, face towards +z, metres).
 The photo's camera comes from solvePnP against the landmark template, in the same frame.
 
-Refinement (the paper's full mode): jointly optimise ``w`` and the decoder's weights against the
-photo at the estimated camera, L1 + 0.2 (1 - SSIM) inside a face mask (the convex hull of the
-468 mesh landmarks), with a small pull of ``w`` towards the feed-forward code. The photo is
-resampled so its longer side is ``refine_size`` pixels.
+Refinement against the photo at the estimated camera, L1 + 0.2 (1 - SSIM) inside a face mask
+(the convex hull of the 468 mesh landmarks); the photo is resampled so its longer side is
+``refine_size`` pixels. Two modes: ``full`` is the paper's — ``w`` and all decoder weights
+jointly, with a small pull of ``w`` towards the feed-forward code (default on CUDA); ``heads``
+computes the shared body once and fine-tunes only the heads' output layers, so a step costs
+about one render (default on CPU, where a full decoder backward pass over 10k Gaussians takes
+about a second).
 
 Every avatar carries its code ``w``: :func:`save_avatar` writes the INRIA PLY and, beside it,
 ``<name>.fastavatar.json`` (code, model id, camera, source photo) so it can be edited later.
@@ -51,6 +54,7 @@ class Avatar:
     refined_steps: int = 0
     timings_ms: dict = field(default_factory=dict)
     refine_losses: list = field(default_factory=list)
+    refine_mode: str | None = None
 
     def metadata(self) -> dict:
         """The JSON sidecar's content."""
@@ -59,6 +63,7 @@ class Avatar:
             "model_id": self.model_id,
             "code_w": [float(v) for v in self.code],
             "refined_steps": self.refined_steps,
+            "refine_mode": self.refine_mode,
             "photo": self.photo,
             "camera": self.camera.to_json() if self.camera is not None else None,
             "frame": "FLAME head frame: y up, metres, face towards +z (Blender: rotate +90 deg about x)",
@@ -159,11 +164,16 @@ class AvatarGenerator:
     # ------------------------------------------------------------------ refinement
     def refine(self, avatar: Avatar, image: np.ndarray, steps: int = 300, progress: ProgressFn | None = None,
                refine_size: int = 256, lr_code: float = 3e-3, lr_decoder: float = 5e-5, code_reg: float = 1e-3,
-               ssim_weight: float = 0.2, c2w=None, K=None, mask=None) -> Avatar:
-        """Jointly optimise the code and a copy of the decoder against ``image`` (updates ``avatar``).
+               ssim_weight: float = 0.2, c2w=None, K=None, mask=None, mode: str = "auto",
+               lr_heads: float = 1e-3) -> Avatar:
+        """Optimise the avatar against ``image`` (updates ``avatar``).
 
-        ``progress(step, steps, loss)`` is called every step; returning False cancels and keeps
-        the avatar unchanged. ``c2w`` (4x4 OpenGL, head frame) and ``K`` (3x3, pixels of
+        ``mode``: ``"full"`` — the paper's refinement, the code and all decoder weights jointly
+        (``lr_code``, ``lr_decoder``); ``"heads"`` — the shared body's features are computed
+        once for the feed-forward code and only the five heads' output layers are fine-tuned
+        (``lr_heads``): each step then costs about one render, for CPUs; ``"auto"`` — full on
+        CUDA, heads elsewhere. ``progress(step, steps, loss)`` is called every step; returning
+        False cancels and keeps the avatar unchanged. ``c2w`` (4x4 OpenGL, head frame) and ``K`` (3x3, pixels of
         ``image``) override the estimated camera, ``mask`` ([H,W] in [0,1]) the face mask — for
         evaluation on calibrated data. Returns ``avatar``.
         """
@@ -189,25 +199,43 @@ class AvatarGenerator:
         K[1] *= sy
         c2w = avatar.camera.c2w if c2w is None else np.asarray(c2w, dtype=np.float64)
 
+        if mode == "auto":
+            mode = "full" if self.device.type == "cuda" else "heads"
+        if mode not in ("full", "heads"):
+            raise ValueError(f"refine mode must be 'auto', 'full' or 'heads', got {mode!r}")
         decoder = copy.deepcopy(self.model.decoder).to(self.device).train()
         w0_code = torch.as_tensor(avatar.code, device=self.device)
         code = torch.nn.Parameter(w0_code.clone())
-        opt = torch.optim.Adam([
-            {"params": [code], "lr": lr_code},
-            {"params": list(decoder.conditioning_mlp.parameters()) + list(decoder.gaussian_embeddings.parameters()),
-             "lr": lr_decoder},
-        ])
+        mlp = decoder.conditioning_mlp
+        if mode == "full":
+            opt = torch.optim.Adam([
+                {"params": [code], "lr": lr_code},
+                {"params": list(mlp.parameters()) + list(decoder.gaussian_embeddings.parameters()), "lr": lr_decoder},
+            ])
+
+            def current():
+                return decoder(code)
+        else:
+            with torch.no_grad():
+                feats = mlp.head_features(mlp.body(w0_code, decoder.gaussian_embeddings.weight))
+            lasts = {name: getattr(mlp, f"{name}_head")[2] for name in feats}
+            opt = torch.optim.Adam([p for layer in lasts.values() for p in layer.parameters()], lr=lr_heads)
+
+            def current():
+                raw = {name: lasts[name](f) for name, f in feats.items()}
+                return decoder.apply_residuals(decoder.residuals_from_raw(raw))
         bg = torch.ones(3, device=self.device)
         m3 = mask[..., None]
         losses = []
         t0 = time.perf_counter()
         for step in range(steps):
-            g = decoder(code)
+            g = current()
             rgb, _ = render(g, c2w, K, w1, h1, bg)
             # outside the face the target is replaced by the render itself: no loss there
             tgt = target * m3 + rgb.detach() * (1 - m3)
             loss = (1 - ssim_weight) * l1(rgb, target, mask) + ssim_weight * (1 - ssim(rgb, tgt))
-            loss = loss + code_reg * ((code - w0_code) ** 2).sum()
+            if mode == "full":
+                loss = loss + code_reg * ((code - w0_code) ** 2).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -215,8 +243,9 @@ class AvatarGenerator:
             if progress is not None and progress(step + 1, steps, losses[-1]) is False:
                 return avatar  # cancelled: unchanged
         with torch.no_grad():
-            avatar.gaussians = decoder(code).to_numpy()
+            avatar.gaussians = current().to_numpy()
         avatar.code = code.detach().cpu().numpy().astype(np.float32)
+        avatar.refine_mode = mode
         avatar.refined_steps += steps
         avatar.refine_losses = losses
         avatar.timings_ms["refine"] = 1e3 * (time.perf_counter() - t0)

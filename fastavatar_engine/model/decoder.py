@@ -52,14 +52,22 @@ class ConditioningMLP(nn.Module):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
 
-    def forward_split(self, w: torch.Tensor, e: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Heads' raw outputs for code ``w`` [512] and embeddings ``e`` [K,32]: dict of [K,d]."""
+    def body(self, w: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Shared-body features [K, hidden] for code ``w`` [code_dim] and embeddings ``e`` [K, embed]."""
         first: nn.Linear = self.shared_body[0]
         cd = w.shape[-1]
-        h = e @ first.weight[:, cd:].T + (first.weight[:, :cd] @ w + first.bias)
-        h = torch.relu(h)
+        h = torch.relu(e @ first.weight[:, cd:].T + (first.weight[:, :cd] @ w + first.bias))
         for layer in list(self.shared_body)[2:]:
             h = layer(h)
+        return h
+
+    def head_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each head's hidden layer (after its first Linear + ReLU), dict of [K, hidden]."""
+        return {name: getattr(self, f"{name}_head")[1](getattr(self, f"{name}_head")[0](h)) for name in HEAD_DIMS}
+
+    def forward_split(self, w: torch.Tensor, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Heads' raw outputs for code ``w`` [512] and embeddings ``e`` [K,32]: dict of [K,d]."""
+        h = self.body(w, e)
         return {name: getattr(self, f"{name}_head")(h) for name in HEAD_DIMS}
 
 
@@ -98,7 +106,11 @@ class FastAvatarDecoder(nn.Module):
         ``d_rotations`` [K,4], ``d_opacity`` [K], ``d_sh`` [K,16,3]."""
         if w.ndim != 1 or w.shape[0] != self.code_dim:
             raise ValueError(f"code w: expected shape [{self.code_dim}], got {list(w.shape)}")
-        out = self.conditioning_mlp.forward_split(w, self.gaussian_embeddings.weight)
+        return self.residuals_from_raw(self.conditioning_mlp.forward_split(w, self.gaussian_embeddings.weight))
+
+    @staticmethod
+    def residuals_from_raw(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Map the heads' raw outputs to residuals (the tanh position bound and the reshapes)."""
         return {
             "d_means": MEANS_SCALE * torch.tanh(out["means"]),
             "d_log_scales": out["scale"],

@@ -1,0 +1,98 @@
+"""Generation benchmark: prints JSON with per-stage timings (milliseconds, medians).
+
+    python benchmarks/bench_generate.py                       # CPU, the built-in model, astronaut photo
+    python benchmarks/bench_generate.py --device cuda         # on a GPU (decode/refine on CUDA, gsplat)
+    python benchmarks/bench_generate.py --photo me.jpg --refine-steps 300
+
+Stages: image load, face detection + landmarks, identity embedding, encode, decode (10,144
+Gaussians), photo -> Gaussians (the sum of the previous, i.e. feed-forward end to end), one
+refinement step, and a full refinement of ``--refine-steps`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+
+def _median_ms(fn, repeats: int, sync=lambda: None) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(1e3 * (time.perf_counter() - t0))
+    return round(statistics.median(times), 3)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photo", help="photo to use (default: skimage.data.astronaut())")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--weights", default=None)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--refine-steps", type=int, default=300)
+    args = ap.parse_args()
+
+    import torch
+
+    from fastavatar_engine.generate import AvatarGenerator
+    from fastavatar_engine.images import load_image
+
+    if args.photo:
+        photo = args.photo
+    else:
+        from PIL import Image
+        from skimage import data
+
+        photo = str(Path(tempfile.mkdtemp()) / "astronaut.png")
+        Image.fromarray(data.astronaut()).save(photo)
+    sync = (lambda: torch.cuda.synchronize()) if args.device.startswith("cuda") else (lambda: None)
+    gen = AvatarGenerator(args.weights, device=args.device)
+    image = load_image(photo)
+    face = gen.front_end.detect_one(image)
+    emb = gen.embedder.embed(image, face)
+    w = gen.model.encode(emb)
+    stages = {
+        "image_load": _median_ms(lambda: load_image(photo), args.repeats),
+        "detection": _median_ms(lambda: gen.front_end.detect(image), args.repeats),
+        "embedding": _median_ms(lambda: gen.embedder.embed(image, face), args.repeats),
+        "encode": _median_ms(lambda: gen.model.encode(emb), args.repeats, sync),
+    }
+    with torch.no_grad():
+        stages["decode"] = _median_ms(lambda: gen.model.decode(w), args.repeats, sync)
+    stages["photo_to_gaussians"] = _median_ms(lambda: gen.generate(image), max(3, args.repeats // 2), sync)
+    avatar = gen.generate(image)
+    t0 = time.perf_counter()
+    gen.refine(avatar, image, 1)
+    sync()
+    stages["refine_one_step"] = round(1e3 * (time.perf_counter() - t0), 1)
+    avatar = gen.generate(image)
+    t0 = time.perf_counter()
+    gen.refine(avatar, image, args.refine_steps)
+    sync()
+    stages[f"refine_{args.refine_steps}_steps"] = round(1e3 * (time.perf_counter() - t0), 1)
+    gen.close()
+    print(json.dumps({
+        "benchmark": "generate", "device": args.device,
+        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(), "model_id": gen.model.model_id,
+        "gaussians": gen.model.decoder.num_gaussians, "stages_ms": stages,
+        "refine_first_loss": round(avatar.refine_losses[0], 5), "refine_last_loss": round(avatar.refine_losses[-1], 5),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
