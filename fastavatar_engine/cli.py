@@ -278,7 +278,7 @@ def cmd_train(args) -> int:
     if args.stage in ("fit", "all"):
         from .train.fit import FitConfig, fit_subject
 
-        cfg = FitConfig(steps=args.fit_steps, image_scale=args.image_scale)
+        cfg = FitConfig(steps=args.fit_steps, image_scale=args.image_scale, device=args.device)
         for s in args.subjects:
             if (out / "fits" / f"{s}.ply").is_file() and not args.force:
                 print(f"[fit {s}] already done ({out / 'fits' / f'{s}.ply'}); --force to redo", file=sys.stderr)
@@ -292,7 +292,8 @@ def cmd_train(args) -> int:
         from .train.autodecoder import DecoderTrainConfig, train_decoder
 
         train_decoder(data, out, args.subjects, DecoderTrainConfig(
-            steps=args.decoder_steps, distill_steps=args.decoder_distill_steps, image_scale=args.image_scale),
+            steps=args.decoder_steps, distill_steps=args.decoder_distill_steps, image_scale=args.image_scale,
+            device=args.device),
                       resume=not args.force)
     if args.stage in ("encoder", "all"):
         from .train.encoder_train import EncoderTrainConfig, train_encoder
@@ -379,10 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--subjects", nargs="+", required=True, help="subject folder names, e.g. 128 306 369")
     t.add_argument("--out", required=True, help="run folder (checkpoints and results)")
     t.add_argument("--fit-steps", type=int, default=1000)
-    t.add_argument("--decoder-steps", type=int, default=1500)
+    t.add_argument("--decoder-steps", type=int, default=2800)
     t.add_argument("--encoder-steps", type=int, default=2000)
     t.add_argument("--image-scale", type=float, default=0.5, help="training image scale (0.5 = 275x401)")
-    t.add_argument("--decoder-distill-steps", type=int, default=600, help="warm-start steps of the decoder stage")
+    t.add_argument("--decoder-distill-steps", type=int, default=2500, help="warm-start steps of the decoder stage")
+    t.add_argument("--device", default="cpu", help="torch device for fit/decoder (cuda: gsplat rendering)")
     t.add_argument("--force", action="store_true", help="redo finished stages instead of resuming")
     t.add_argument("--model-dir", help="package: where to write the model bundle")
     t.add_argument("--model-id", default="fastavatar-custom", help="package: the model's id")

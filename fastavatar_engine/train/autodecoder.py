@@ -39,12 +39,12 @@ from .losses import photometric_loss, psnr
 class DecoderTrainConfig:
     """Hyper-parameters of the auto-decoder stage."""
 
-    steps: int = 1500  # total = distill_steps + render steps
-    distill_steps: int = 600
+    steps: int = 2800  # total = distill_steps + render steps
+    distill_steps: int = 2500
     image_scale: float = 0.5
-    lr_mlp: float = 5e-4
-    lr_embeddings: float = 1e-3
-    lr_codes: float = 1e-3
+    lr_mlp: float = 1e-3
+    lr_embeddings: float = 3e-2
+    lr_codes: float = 3e-3
     code_init_std: float = 0.01
     code_reg: float = 1e-4
     lambda_mu: float = 1.0  # per m^2 of mean position residual
@@ -54,6 +54,7 @@ class DecoderTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0
+    device: str = "cpu"  # "cuda" decodes on the GPU and renders with gsplat
 
 
 def _log(msg: str) -> None:
@@ -83,10 +84,11 @@ def train_decoder(data_dir, run_dir, subjects, cfg: DecoderTrainConfig | None = 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     template = read_ply(run_dir / "template.ply")
-    decoder = FastAvatarDecoder(template)
-    codes = torch.nn.Parameter(cfg.code_init_std * torch.randn(len(subjects), CODE_DIM))
-    fits = [GaussianTensors.from_numpy(read_ply(run_dir / "fits" / f"{s}.ply")) for s in subjects]
-    views = [load_views(data_dir / s, scale=cfg.image_scale) for s in subjects]  # train split: view 8 excluded
+    decoder = FastAvatarDecoder(template).to(cfg.device)
+    codes = torch.nn.Parameter((cfg.code_init_std * torch.randn(len(subjects), CODE_DIM)).to(cfg.device))
+    fits = [GaussianTensors.from_numpy(read_ply(run_dir / "fits" / f"{s}.ply"), device=cfg.device) for s in subjects]
+    # the train split: camera 8 is excluded
+    views = [load_views(data_dir / s, scale=cfg.image_scale, device=cfg.device) for s in subjects]
     opt = torch.optim.Adam([
         {"params": decoder.conditioning_mlp.parameters(), "lr": cfg.lr_mlp},
         {"params": decoder.gaussian_embeddings.parameters(), "lr": cfg.lr_embeddings},
@@ -95,7 +97,7 @@ def train_decoder(data_dir, run_dir, subjects, cfg: DecoderTrainConfig | None = 
     ckpt = run_dir / "decoder.ckpt.pt"
     start, elapsed = 0, 0.0
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location=cfg.device)
         decoder.load_state_dict(state["decoder"])
         with torch.no_grad():
             codes.copy_(state["codes"])
@@ -103,7 +105,7 @@ def train_decoder(data_dir, run_dir, subjects, cfg: DecoderTrainConfig | None = 
         start, elapsed = int(state["step"]), float(state["elapsed_s"])
         rng = np.random.default_rng(cfg.seed + start)
         progress(f"[decoder] resuming at step {start}")
-    bg = torch.ones(3)
+    bg = torch.ones(3, device=cfg.device)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         i = int(rng.integers(len(subjects)))
@@ -136,18 +138,20 @@ def train_decoder(data_dir, run_dir, subjects, cfg: DecoderTrainConfig | None = 
             tmp.replace(ckpt)
     elapsed += time.perf_counter() - t0
 
-    metrics = {"subjects": list(subjects), "steps": cfg.steps, "time_s": round(elapsed, 1), "device": "cpu",
+    metrics = {"subjects": list(subjects), "steps": cfg.steps, "time_s": round(elapsed, 1), "device": cfg.device,
                "config": asdict(cfg), "train_psnr": {}, "held_out_view_8_psnr": {}}
     with torch.no_grad():
         for i, s in enumerate(subjects):
             g = decoder(codes[i])
             metrics["train_psnr"][s] = round(float(np.mean(
                 [psnr(render(g, v.c2w, v.K, v.width, v.height, bg)[0], v.image) for v in views[i]])), 2)
-            (v8,) = load_views(data_dir / s, camera_indices=[8], scale=cfg.image_scale)
+            (v8,) = load_views(data_dir / s, camera_indices=[8], scale=cfg.image_scale, device=cfg.device)
             metrics["held_out_view_8_psnr"][s] = round(psnr(render(g, v8.c2w, v8.K, v8.width, v8.height, bg)[0],
                                                              v8.image), 2)
-    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, str(run_dir / "decoder.safetensors"))
-    save_file({s: codes[i].detach().contiguous() for i, s in enumerate(subjects)}, str(run_dir / "codes.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()},
+              str(run_dir / "decoder.safetensors"))
+    save_file({s: codes[i].detach().cpu().contiguous() for i, s in enumerate(subjects)},
+              str(run_dir / "codes.safetensors"))
     (run_dir / "decoder.json").write_text(json.dumps(metrics, indent=2))
     if ckpt.exists():
         ckpt.unlink()

@@ -47,7 +47,7 @@ def _resample(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(pil.resize(size, Image.BOX)) if pil.size != size else img
 
 
-def load_views(root, camera_indices=None, scale: float = 0.5, head_frame: bool = True) -> list[TrainView]:
+def load_views(root, camera_indices=None, scale: float = 0.5, head_frame: bool = True, device="cpu") -> list[TrainView]:
     """Load views of the subject at ``root`` resampled by ``scale`` (0.5: 550x802 -> 275x401).
 
     ``camera_indices``: which cameras (default: the ``train`` split). K is scaled with the
@@ -66,8 +66,8 @@ def load_views(root, camera_indices=None, scale: float = 0.5, head_frame: bool =
         K = v.K.copy()
         K[0] *= sx
         K[1] *= sy
-        out.append(TrainView(v.camera_index, torch.from_numpy(np.ascontiguousarray(img)),
-                             torch.from_numpy(np.ascontiguousarray(mask)), T @ v.c2w, K))
+        out.append(TrainView(v.camera_index, torch.from_numpy(np.ascontiguousarray(img)).to(device),
+                             torch.from_numpy(np.ascontiguousarray(mask)).to(device), T @ v.c2w, K))
     return out
 
 

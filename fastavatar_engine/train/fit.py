@@ -50,6 +50,7 @@ class FitConfig:
     init_opacity: float = 0.5
     checkpoint_every: int = 250
     seed: int = 0
+    device: str = "cpu"  # "cuda" renders with gsplat
 
 
 def nearest_neighbour_scale(points: np.ndarray, k: int = 3) -> np.ndarray:
@@ -74,9 +75,9 @@ def initial_colours(points: np.ndarray, views: list[TrainView]) -> np.ndarray:
         j, i = np.floor(uv[:, 0]), np.floor(uv[:, 1])
         ok = (z > 0) & (j >= 0) & (i >= 0) & (j < v.width) & (i < v.height)
         ii, jj = i[ok].astype(int), j[ok].astype(int)
-        inside = v.mask.numpy()[ii, jj] > 0.5
+        inside = v.mask.cpu().numpy()[ii, jj] > 0.5
         idx = np.flatnonzero(ok)[inside]
-        acc[idx] += v.image.numpy()[ii[inside], jj[inside]]
+        acc[idx] += v.image.cpu().numpy()[ii[inside], jj[inside]]
         cnt[idx] += 1
     col = np.full((len(points), 3), 0.5)
     seen = cnt > 0
@@ -84,14 +85,14 @@ def initial_colours(points: np.ndarray, views: list[TrainView]) -> np.ndarray:
     return col
 
 
-def init_gaussians(points: np.ndarray, views: list[TrainView], opacity: float = 0.5) -> GaussianTensors:
+def init_gaussians(points: np.ndarray, views: list[TrainView], opacity: float = 0.5, device="cpu") -> GaussianTensors:
     """Gaussians at ``points`` [N,3]: isotropic (nearest-neighbour scale), coloured from ``views``."""
     n = len(points)
     sh = np.zeros((n, 16, 3), np.float32)
     sh[:, 0] = (initial_colours(points, views) - 0.5) / SH_C0
     rot = np.zeros((n, 4), np.float32)
     rot[:, 0] = 1
-    mk = lambda a: torch.tensor(np.asarray(a, np.float32), requires_grad=True)  # noqa: E731
+    mk = lambda a: torch.tensor(np.asarray(a, np.float32), device=device, requires_grad=True)  # noqa: E731
     return GaussianTensors(
         mk(points), mk(np.log(nearest_neighbour_scale(points))[:, None].repeat(3, 1)), mk(rot),
         mk(np.full(n, math.log(opacity / (1 - opacity)))), mk(sh),
@@ -125,21 +126,21 @@ def fit_subject(root, out_dir, cfg: FitConfig | None = None, resume: bool = True
     name = root.name
     ckpt_path = out_dir / f"{name}.ckpt.pt"
     torch.manual_seed(cfg.seed)
-    views = load_views(root, scale=cfg.image_scale)
-    held_out = load_views(root, camera_indices=[8], scale=cfg.image_scale)
+    views = load_views(root, scale=cfg.image_scale, device=cfg.device)
+    held_out = load_views(root, camera_indices=[8], scale=cfg.image_scale, device=cfg.device)
     points = subject_points(root)
-    g = init_gaussians(points, views, cfg.init_opacity)
+    g = init_gaussians(points, views, cfg.init_opacity, device=cfg.device)
     opt = _optimizer(g, cfg)
     start, elapsed = 0, 0.0
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, weights_only=True)
+        state = torch.load(ckpt_path, weights_only=True, map_location=cfg.device)
         with torch.no_grad():
             for k in PARAMS:
                 getattr(g, k).copy_(state["params"][k])
         opt.load_state_dict(state["optimizer"])
         start, elapsed = int(state["step"]), float(state["elapsed_s"])
         progress(f"[fit {name}] resuming at step {start}")
-    bg = torch.ones(3)
+    bg = torch.ones(3, device=cfg.device)
     rng = np.random.default_rng(cfg.seed + start)
     sh_rest_scale = cfg.lr_shN / cfg.lr_sh0
     t0 = time.perf_counter()
@@ -149,7 +150,7 @@ def fit_subject(root, out_dir, cfg: FitConfig | None = None, resume: bool = True
         degree = min(3, step // cfg.sh_degree_every)
         v = views[int(rng.integers(len(views)))]
         sub = GaussianTensors(g.means, g.log_scales, g.rotations, g.opacity_logits, g.sh[:, : (degree + 1) ** 2])
-        rgb, alpha = render(sub, v.c2w, v.K, v.width, v.height, bg, backend="torch")
+        rgb, alpha = render(sub, v.c2w, v.K, v.width, v.height, bg)  # gsplat on CUDA, ours elsewhere
         loss = photometric_loss(rgb, alpha, v.image, v.mask, cfg.ssim_weight, cfg.mask_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -167,10 +168,10 @@ def fit_subject(root, out_dir, cfg: FitConfig | None = None, resume: bool = True
     elapsed += time.perf_counter() - t0
 
     metrics = {"subject": name, "gaussians": g.count, "steps": cfg.steps, "time_s": round(elapsed, 1),
-               "device": "cpu", "config": asdict(cfg)}
+               "device": cfg.device, "config": asdict(cfg)}
     with torch.no_grad():
         for label, vs in (("train", views), ("held_out_view_8", held_out)):
-            scores = [psnr(render(g, v.c2w, v.K, v.width, v.height, bg, backend="torch")[0], v.image) for v in vs]
+            scores = [psnr(render(g, v.c2w, v.K, v.width, v.height, bg)[0], v.image) for v in vs]
             metrics[f"psnr_{label}"] = round(float(np.mean(scores)), 2)
     write_ply(out_dir / f"{name}.ply", g.to_numpy())
     (out_dir / f"{name}.json").write_text(json.dumps(metrics, indent=2))
