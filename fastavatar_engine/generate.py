@@ -39,6 +39,9 @@ from .render import render
 
 ProgressFn = Callable[[int, int, float], bool | None]  # (step, total, loss) -> False to cancel
 
+#: Heads that the CPU ("heads") refinement mode fine-tunes; geometry heads stay fixed.
+APPEARANCE_HEADS = ("color", "opacity")
+
 
 @dataclass
 class Avatar:
@@ -165,13 +168,14 @@ class AvatarGenerator:
     def refine(self, avatar: Avatar, image: np.ndarray, steps: int = 300, progress: ProgressFn | None = None,
                refine_size: int = 256, lr_code: float = 3e-3, lr_decoder: float = 5e-5, code_reg: float = 1e-3,
                ssim_weight: float = 0.2, c2w=None, K=None, mask=None, mode: str = "auto",
-               lr_heads: float = 1e-3) -> Avatar:
+               lr_heads: float = 3e-4) -> Avatar:
         """Optimise the avatar against ``image`` (updates ``avatar``).
 
         ``mode``: ``"full"`` — the paper's refinement, the code and all decoder weights jointly
         (``lr_code``, ``lr_decoder``); ``"heads"`` — the shared body's features are computed
-        once for the feed-forward code and only the five heads' output layers are fine-tuned
-        (``lr_heads``): each step then costs about one render, for CPUs; ``"auto"`` — full on
+        once for the feed-forward code, geometry stays at the feed-forward prediction, and only
+        the colour and opacity heads' output layers are fine-tuned (``lr_heads``): each step
+        then costs about one render, for CPUs; ``"auto"`` — full on
         CUDA, heads elsewhere. ``progress(step, steps, loss)`` is called every step; returning
         False cancels and keeps the avatar unchanged. ``c2w`` (4x4 OpenGL, head frame) and ``K`` (3x3, pixels of
         ``image``) override the estimated camera, ``mask`` ([H,W] in [0,1]) the face mask — for
@@ -216,13 +220,16 @@ class AvatarGenerator:
             def current():
                 return decoder(code)
         else:
+            # geometry (means, scales, rotations) stays at the feed-forward prediction: fitting it to
+            # one view breaks the others; only the colour and opacity heads' output layers move
             with torch.no_grad():
                 feats = mlp.head_features(mlp.body(w0_code, decoder.gaussian_embeddings.weight))
-            lasts = {name: getattr(mlp, f"{name}_head")[2] for name in feats}
+                fixed = {name: getattr(mlp, f"{name}_head")[2](f) for name, f in feats.items()}
+            lasts = {name: getattr(mlp, f"{name}_head")[2] for name in APPEARANCE_HEADS}
             opt = torch.optim.Adam([p for layer in lasts.values() for p in layer.parameters()], lr=lr_heads)
 
             def current():
-                raw = {name: lasts[name](f) for name, f in feats.items()}
+                raw = dict(fixed) | {name: lasts[name](feats[name]) for name in APPEARANCE_HEADS}
                 return decoder.apply_residuals(decoder.residuals_from_raw(raw))
         bg = torch.ones(3, device=self.device)
         m3 = mask[..., None]
@@ -239,7 +246,7 @@ class AvatarGenerator:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress is not None and progress(step + 1, steps, losses[-1]) is False:
                 return avatar  # cancelled: unchanged
         with torch.no_grad():
