@@ -352,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--output", required=True, help="output INRIA PLY (a .fastavatar.json sidecar is written beside)")
     g.add_argument("--refine", type=int, default=0, metavar="N", help="refinement steps against the photo (paper: 300)")
     g.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"],
-                   help="full: code + whole decoder (the paper's); heads: cached body, heads' output layers only "
-                        "(fast on CPU); auto: full on CUDA, heads on CPU")
+                   help="full (= auto): code + whole decoder, the paper's; heads: geometry fixed, colour and "
+                        "opacity heads only (about 3x faster on CPU, a weaker appearance touch-up)")
     g.add_argument("--preview", help="PNG strip: the input face, then renders from -60 to +60 degrees of yaw")
     g.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest)")
     g.add_argument("--weights", default=None, help="model folder (default: the built-in model)")

@@ -3,7 +3,8 @@
 Generate an avatar from one view V of a subject, render every other view with its calibrated
 camera (in the FLAME head frame, where avatars live) and compare with the photos: PSNR, SSIM and
 L1, over the whole image and inside the foreground mask, for the feed-forward avatar and, with
-``refine_steps`` > 0, the refined one (refined at V's calibrated camera against V's mask). Also
+``refine_steps`` > 0, the refined one (refined at V's calibrated camera against V's photo, its
+foreground mask telling head from white background). Also
 the identity similarity (cosine of the backbone's embeddings) between the input photo and the
 frontal (camera 8) render at full resolution.
 """
@@ -89,7 +90,7 @@ def evaluate_subject(data_dir, subject: str, input_view: int = FRONTAL_CAMERA, r
     if refine_steps > 0:
         t = time.perf_counter()
         gen.refine(avatar, photo, refine_steps, c2w=full_input.c2w, K=full_input.K,
-                   mask=full_input.mask.numpy(), progress=progress, mode=refine_mode)
+                   mask=full_input.mask.numpy(), mask_is_foreground=True, progress=progress, mode=refine_mode)
         g = avatar.gaussians.to_torch()
         result["refined"] = _metrics(g, others) | {
             "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps, "mode": avatar.refine_mode,

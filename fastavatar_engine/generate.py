@@ -6,11 +6,12 @@ The photo's camera comes from solvePnP against the landmark template, in the sam
 
 Refinement against the photo at the estimated camera, L1 + 0.2 (1 - SSIM) inside a face mask
 (the convex hull of the 468 mesh landmarks); the photo is resampled so its longer side is
-``refine_size`` pixels. Two modes: ``full`` is the paper's — ``w`` and all decoder weights
-jointly, with a small pull of ``w`` towards the feed-forward code (default on CUDA); ``heads``
-computes the shared body once and fine-tunes only the heads' output layers, so a step costs
-about one render (default on CPU, where a full decoder backward pass over 10k Gaussians takes
-about a second).
+``refine_size`` pixels. Two modes: ``full`` (the default) is the paper's — ``w`` and all
+decoder weights jointly, with a small pull of ``w`` towards the feed-forward code; ``heads``
+computes the shared body once, keeps the geometry and fine-tunes only the colour and opacity
+heads' output layers, so a step costs about one render. On the sample data only ``full``
+improves novel views of an unseen subject (geometry has to move); ``heads`` is a fast
+appearance touch-up.
 
 Every avatar carries its code ``w``: :func:`save_avatar` writes the INRIA PLY and, beside it,
 ``<name>.fastavatar.json`` (code, model id, camera, source photo) so it can be edited later.
@@ -168,18 +169,19 @@ class AvatarGenerator:
     def refine(self, avatar: Avatar, image: np.ndarray, steps: int = 300, progress: ProgressFn | None = None,
                refine_size: int = 256, lr_code: float = 3e-3, lr_decoder: float = 5e-5, code_reg: float = 1e-3,
                ssim_weight: float = 0.2, c2w=None, K=None, mask=None, mode: str = "auto",
-               lr_heads: float = 3e-4) -> Avatar:
+               lr_heads: float = 3e-4, mask_is_foreground: bool = False) -> Avatar:
         """Optimise the avatar against ``image`` (updates ``avatar``).
 
         ``mode``: ``"full"`` — the paper's refinement, the code and all decoder weights jointly
         (``lr_code``, ``lr_decoder``); ``"heads"`` — the shared body's features are computed
         once for the feed-forward code, geometry stays at the feed-forward prediction, and only
         the colour and opacity heads' output layers are fine-tuned (``lr_heads``): each step
-        then costs about one render, for CPUs; ``"auto"`` — full on
-        CUDA, heads elsewhere. ``progress(step, steps, loss)`` is called every step; returning
+        then costs about one render (a quick appearance touch-up); ``"auto"`` — full. ``progress(step, steps, loss)`` is called every step; returning
         False cancels and keeps the avatar unchanged. ``c2w`` (4x4 OpenGL, head frame) and ``K`` (3x3, pixels of
         ``image``) override the estimated camera, ``mask`` ([H,W] in [0,1]) the face mask — for
-        evaluation on calibrated data. Returns ``avatar``.
+        evaluation on calibrated data. With ``mask_is_foreground`` the mask is a full foreground
+        mask, so everything outside it is background and is fitted to white; otherwise (the face
+        hull of a user photo) the loss ignores what lies outside the mask. Returns ``avatar``.
         """
         from .train.losses import l1, ssim
 
@@ -204,7 +206,7 @@ class AvatarGenerator:
         c2w = avatar.camera.c2w if c2w is None else np.asarray(c2w, dtype=np.float64)
 
         if mode == "auto":
-            mode = "full" if self.device.type == "cuda" else "heads"
+            mode = "full"
         if mode not in ("full", "heads"):
             raise ValueError(f"refine mode must be 'auto', 'full' or 'heads', got {mode!r}")
         decoder = copy.deepcopy(self.model.decoder).to(self.device).train()
@@ -238,9 +240,12 @@ class AvatarGenerator:
         for step in range(steps):
             g = current()
             rgb, _ = render(g, c2w, K, w1, h1, bg)
-            # outside the face the target is replaced by the render itself: no loss there
-            tgt = target * m3 + rgb.detach() * (1 - m3)
-            loss = (1 - ssim_weight) * l1(rgb, target, mask) + ssim_weight * (1 - ssim(rgb, tgt))
+            if mask_is_foreground:  # outside the foreground is background: white, like the renders
+                tgt = target * m3 + bg * (1 - m3)
+                loss = (1 - ssim_weight) * l1(rgb, tgt) + ssim_weight * (1 - ssim(rgb, tgt))
+            else:  # outside the face the target is the render itself: no loss there
+                tgt = target * m3 + rgb.detach() * (1 - m3)
+                loss = (1 - ssim_weight) * l1(rgb, target, mask) + ssim_weight * (1 - ssim(rgb, tgt))
             if mode == "full":
                 loss = loss + code_reg * ((code - w0_code) ** 2).sum()
             opt.zero_grad(set_to_none=True)

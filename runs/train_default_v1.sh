@@ -16,7 +16,7 @@ fastavatar train decoder  --data $D --subjects 128 306 369 --out $R --decoder-st
 fastavatar train encoder  --data $D --subjects 128 306 369 --out $R --encoder-steps 2000
 fastavatar train package  --data $D --subjects 128 306 369 --out $R --model-dir $M --model-id fastavatar-default-v1
 for s in 128 306 369; do
-  fastavatar evaluate --data $D --subject $s --input-view 8 --refine 100 --weights $M --json $R/eval_$s.json
+  fastavatar evaluate --data $D --subject $s --input-view 8 --refine 100 --refine-mode full --weights $M --json $R/eval_$s.json
 done
 
 # --- leave-one-subject-out: train on 128 + 306 (their stage-a fits reused), evaluate on 369
@@ -25,7 +25,7 @@ fastavatar train template --data $D --subjects 128 306 --out $L
 fastavatar train decoder  --data $D --subjects 128 306 --out $L --decoder-steps 2800 --decoder-distill-steps 2500
 fastavatar train encoder  --data $D --subjects 128 306 --out $L --encoder-steps 2000
 fastavatar train package  --data $D --subjects 128 306 --out $L --model-dir $L/model --model-id fastavatar-loo-369
-fastavatar evaluate --data $D --subject 369 --input-view 8 --refine 100 --weights $L/model --json $L/eval_369.json
+fastavatar evaluate --data $D --subject 369 --input-view 8 --refine 100 --refine-mode full --weights $L/model --json $L/eval_369.json
 
 # --- final bundle: the card carries the commands above and every evaluation
 mapfile -t CMDS < <(grep -E '^(fastavatar|  fastavatar|for|done)' "$0")
