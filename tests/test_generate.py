@@ -1,0 +1,130 @@
+"""The built-in default model, photo -> avatar generation, refinement and evaluation."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from plyfile import PlyData
+
+pytest.importorskip("mediapipe")
+skimage_data = pytest.importorskip("skimage.data")
+
+from fastavatar_engine.cli import main  # noqa: E402
+from fastavatar_engine.model.io import DEFAULT_MODEL_DIR, FastAvatarModel  # noqa: E402
+from fastavatar_engine.ply import inria_property_names  # noqa: E402
+
+from conftest import needs_samples, SAMPLES  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from fastavatar_engine.generate import AvatarGenerator
+
+    with AvatarGenerator() as gen:
+        yield gen
+
+
+def test_default_model_ships_with_a_complete_card():
+    files = {p.name: p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()}
+    assert {"decoder.safetensors", "encoder.safetensors", "codes.safetensors", "model_card.json"} <= set(files)
+    assert sum(files.values()) < 12 * 2**20  # a few MB
+    card = json.loads((DEFAULT_MODEL_DIR / "model_card.json").read_text())
+    for key in ("model_id", "data", "commands", "stages", "evaluation", "code_revision", "device", "training_time_s"):
+        assert card.get(key), key
+    assert "research" in card["data"]["terms"] and "camera 8" in card["data"]["held_out"]
+    assert any("fastavatar train" in c for c in card["commands"])
+    model = FastAvatarModel.load()
+    assert model.decoder.num_gaussians == 10144 and model.encoder.in_dim == 128 and model.code_dim == 512
+    assert set(model.codes) == {"128", "306", "369"}
+    codes = torch.stack(list(model.codes.values()))
+    assert float(torch.cdist(codes, codes).max()) > 0  # distinct subjects have distinct codes
+    with torch.no_grad():
+        for w in model.codes.values():
+            g = model.decode(w).validate()
+            assert g.means.abs().max() < 0.5  # a head-sized object around the origin, metres
+
+
+def test_generate_cli_writes_ply_sidecar_and_preview(astronaut, tmp_path, capsys):
+    out = tmp_path / "avatar.ply"
+    preview = tmp_path / "preview.png"
+    assert main(["generate", str(astronaut), "-o", str(out), "--preview", str(preview)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gaussians"] == 10144 and report["refined_steps"] == 0
+    ply = PlyData.read(str(out))  # independent reader
+    assert ply["vertex"].count == 10144
+    assert [p.name for p in ply["vertex"].properties] == inria_property_names(3)
+    xyz = np.stack([ply["vertex"][k] for k in "xyz"], 1)
+    assert np.isfinite(xyz).all() and np.abs(xyz).max() < 0.5
+    meta = json.loads(out.with_suffix(".fastavatar.json").read_text())
+    assert len(meta["code_w"]) == 512 and np.isfinite(meta["code_w"]).all()
+    assert meta["model_id"] == FastAvatarModel.load().model_id and meta["camera"]["focal_source"] == "default_fov"
+    img = np.asarray(Image.open(preview).convert("RGB"))
+    assert img.shape == (320, 6 * 320, 3)
+    for k in range(1, 6):  # every yaw shows a head: non-white pixels in the middle of each tile
+        tile = img[:, k * 320:(k + 1) * 320]
+        assert (tile[80:240, 100:220] < 230).any(axis=2).mean() > 0.3, f"tile {k} is empty"
+
+
+def test_refinement_lowers_the_photo_loss_and_cancel_leaves_avatar_unchanged(generator, astronaut):
+    from fastavatar_engine.images import load_image
+
+    image = load_image(astronaut)
+    avatar = generator.generate(image)
+    before_means, before_code = avatar.gaussians.means.copy(), avatar.code.copy()
+    generator.refine(avatar, image, 4, refine_size=96, progress=lambda s, n, loss: s < 2)  # cancel at step 2
+    np.testing.assert_array_equal(avatar.gaussians.means, before_means)
+    np.testing.assert_array_equal(avatar.code, before_code)
+    assert avatar.refined_steps == 0
+    # heads mode (the CPU default): appearance moves, geometry and the code stay
+    before_sh = avatar.gaussians.sh.copy()
+    generator.refine(avatar, image, 12, refine_size=96, mode="heads", lr_heads=3e-3)
+    assert avatar.refined_steps == 12 and avatar.refine_mode == "heads"
+    assert avatar.refine_losses[-1] < avatar.refine_losses[0]
+    np.testing.assert_allclose(avatar.gaussians.means, before_means, atol=1e-6)
+    assert np.abs(avatar.gaussians.sh - before_sh).max() > 1e-3
+    np.testing.assert_array_equal(avatar.code, before_code)
+    # full mode (the paper's): the code and the whole decoder move together
+    generator.refine(avatar, image, 4, refine_size=96, mode="full", lr_code=1e-2, lr_decoder=2e-4)
+    assert avatar.refined_steps == 16 and avatar.refine_mode == "full"
+    assert avatar.refine_losses[-1] < avatar.refine_losses[0]
+    assert not np.array_equal(avatar.code, before_code)
+
+
+def test_generate_errors_are_clear(generator, tmp_path):
+    from fastavatar_engine.face import NoFaceError
+
+    with pytest.raises(NoFaceError, match="no face"):
+        generator.generate(np.full((200, 200, 3), 128, np.uint8))
+    assert main(["generate", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "a.ply")]) == 2
+    assert main(["generate", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "a.ply"),
+                 "--weights", str(tmp_path / "no_model")]) == 2
+    assert not (tmp_path / "a.ply").exists()
+
+
+@needs_samples
+@pytest.mark.sample_data
+def test_short_evaluation_run_on_a_sample_subject(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(SAMPLES), "--subject", "306", "--input-view", "8", "--refine", "3",
+                 "--image-scale", "0.25", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["evaluated_cameras"] == [c for c in range(16) if c != 8]
+    for mode in ("feed_forward", "refined"):
+        mean = result[mode]["mean"]
+        for key in ("psnr", "psnr_masked", "ssim", "ssim_masked", "l1", "l1_masked"):
+            assert np.isfinite(mean[key]), (mode, key)
+        assert len(result[mode]["views"]) == 15
+    # a training subject seen from its held-out frontal view: far above the trivial baselines
+    assert result["feed_forward"]["mean"]["psnr"] > 15.0
+    assert result["refined"]["loss_last"] <= result["refined"]["loss_first"]
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["subject"] == "306" and "refined" in summary
