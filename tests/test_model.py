@@ -219,3 +219,13 @@ def test_bundle_round_trip_float16_and_errors(tmp_path):
         FastAvatarModel.load(folder)
     with pytest.raises(ModelLoadError, match="model folder not found"):
         FastAvatarModel.load(tmp_path / "absent")
+
+
+def test_decoding_a_subset_equals_the_full_decode_restricted_to_it():
+    dec = randomise(FastAvatarDecoder(random_template()))
+    w = torch.randn(512) * 0.3
+    idx = torch.tensor([3, 0, 17, 39, 5])
+    with torch.no_grad():
+        full, part = dec(w), dec(w, idx)
+    for name in ("means", "log_scales", "rotations", "opacity_logits", "sh"):
+        torch.testing.assert_close(getattr(part, name), getattr(full, name)[idx], atol=1e-5, rtol=1e-5)

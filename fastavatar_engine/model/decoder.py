@@ -101,12 +101,15 @@ class FastAvatarDecoder(nn.Module):
     def num_gaussians(self) -> int:
         return int(self.base_means.shape[0])
 
-    def residuals(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+    def residuals(self, w: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Residuals for code ``w`` [code_dim]: ``d_means`` [K,3] (metres), ``d_log_scales`` [K,3],
-        ``d_rotations`` [K,4], ``d_opacity`` [K], ``d_sh`` [K,16,3]."""
+        ``d_rotations`` [K,4], ``d_opacity`` [K], ``d_sh`` [K,16,3]. With ``index`` (int64 [M]) only
+        those Gaussians are decoded ([M, ...]); each Gaussian's output depends on w and its own
+        embedding only, so this equals the full decode restricted to ``index``."""
         if w.ndim != 1 or w.shape[0] != self.code_dim:
             raise ValueError(f"code w: expected shape [{self.code_dim}], got {list(w.shape)}")
-        return self.residuals_from_raw(self.conditioning_mlp.forward_split(w, self.gaussian_embeddings.weight))
+        e = self.gaussian_embeddings.weight if index is None else self.gaussian_embeddings(index)
+        return self.residuals_from_raw(self.conditioning_mlp.forward_split(w, e))
 
     @staticmethod
     def residuals_from_raw(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,21 +122,24 @@ class FastAvatarDecoder(nn.Module):
             "d_sh": out["color"].reshape(-1, 16, 3),
         }
 
-    def apply_residuals(self, r: dict[str, torch.Tensor]) -> GaussianTensors:
-        """The paper's equations: template + residuals -> Gaussians (see module docstring)."""
-        base_sh = torch.cat([self.base_sh0, self.base_shN], 1)
-        q = self.base_rotations + r["d_rotations"]
+    def apply_residuals(self, r: dict[str, torch.Tensor], index: torch.Tensor | None = None) -> GaussianTensors:
+        """The paper's equations: template + residuals -> Gaussians (see module docstring).
+        ``index`` selects the template Gaussians the residuals belong to (default: all)."""
+        sel = (lambda t: t) if index is None else (lambda t: t[index])  # noqa: E731
+        base_sh = torch.cat([sel(self.base_sh0), sel(self.base_shN)], 1)
+        q = sel(self.base_rotations) + r["d_rotations"]
         return GaussianTensors(
-            means=self.base_means + r["d_means"],
-            log_scales=self.base_scales + r["d_log_scales"],
+            means=sel(self.base_means) + r["d_means"],
+            log_scales=sel(self.base_scales) + r["d_log_scales"],
             rotations=q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-            opacity_logits=self.base_opacity + r["d_opacity"],
+            opacity_logits=sel(self.base_opacity) + r["d_opacity"],
             sh=base_sh + r["d_sh"],
         )
 
-    def forward(self, w: torch.Tensor) -> GaussianTensors:
-        """Gaussians of the subject with code ``w`` [code_dim] (differentiable in w and weights)."""
-        return self.apply_residuals(self.residuals(w))
+    def forward(self, w: torch.Tensor, index: torch.Tensor | None = None) -> GaussianTensors:
+        """Gaussians of the subject with code ``w`` [code_dim] (differentiable in w and weights);
+        only the Gaussians in ``index`` when given."""
+        return self.apply_residuals(self.residuals(w, index), index)
 
 
 def position_embedding_init(means: torch.Tensor, dim: int = EMBED_DIM) -> torch.Tensor:
