@@ -55,6 +55,17 @@ def intrinsics(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float64)
 
 
+def scale_intrinsics(K, sx: float, sy: float) -> np.ndarray:
+    """K for the image resampled by ``sx`` horizontally and ``sy`` vertically (float64 3x3).
+
+    Exact in continuous pixel coordinates (pixel centres at +0.5): fx, cx scale by sx; fy, cy by sy.
+    """
+    out = np.array(K, dtype=np.float64)
+    out[0] *= sx
+    out[1] *= sy
+    return out
+
+
 def intrinsics_from_fov(width: int, height: int, fov_x_rad: float) -> np.ndarray:
     """K for a centred principal point and a horizontal field of view ``fov_x_rad`` (radians), square pixels."""
     f = 0.5 * width / math.tan(0.5 * fov_x_rad)

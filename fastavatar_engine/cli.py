@@ -64,15 +64,14 @@ def _auto_point_size(points: np.ndarray) -> float:
 
 
 def _load_for_render(path: Path, point_size: str):
-    from .ply import PlyFormatError, read_ply, read_point_cloud, _read_vertices
+    from .ply import PlyFormatError, read_point_cloud
 
     try:
-        names = set(_read_vertices(path, 20_000_000).data.dtype.names or ())
-        if {"opacity", "scale_0", "rot_0", "f_dc_0"} <= names:
-            return read_ply(path), "gaussians"
         g = read_point_cloud(path)
     except PlyFormatError as exc:
         raise CliError(str(exc)) from exc
+    if not g.extra.get("point_cloud"):
+        return g, "gaussians"
     size = _auto_point_size(g.means.astype(np.float64)) if point_size == "auto" else float(point_size)
     if not size > 0:
         raise CliError(f"--point-size must be positive, got {point_size}")
@@ -291,10 +290,9 @@ def cmd_train(args) -> int:
     if args.stage in ("decoder", "all"):
         from .train.autodecoder import DecoderTrainConfig, train_decoder
 
-        train_decoder(data, out, args.subjects, DecoderTrainConfig(
-            steps=args.decoder_steps, distill_steps=args.decoder_distill_steps, image_scale=args.image_scale,
-            device=args.device),
-                      resume=not args.force)
+        cfg = DecoderTrainConfig(steps=args.decoder_steps, distill_steps=args.decoder_distill_steps,
+                                 image_scale=args.image_scale, device=args.device)
+        train_decoder(data, out, args.subjects, cfg, resume=not args.force)
     if args.stage in ("encoder", "all"):
         from .train.encoder_train import EncoderTrainConfig, train_encoder
 
@@ -304,8 +302,7 @@ def cmd_train(args) -> int:
 
         if not args.model_dir:
             raise CliError("train package needs --model-dir")
-        commands = [line for line in (args.commands or [])]
-        print(package_run(out, args.model_dir, args.model_id, args.subjects, commands, args.eval_json or []))
+        print(package_run(out, args.model_dir, args.model_id, args.subjects, args.commands or [], args.eval_json or []))
     return 0
 
 
@@ -320,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("detect", help="detect faces, landmarks and the photo's camera; prints JSON")
     d.add_argument("image", help="photo (JPEG, PNG, TIFF, WebP, ...)")
     d.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest; default largest)")
-    d.add_argument("--focal-px", type=float, default=None, help="known focal length in pixels (default: estimated)")
+    d.add_argument("--focal-px", type=float, default=None, help="known focal length in pixels (default: a 30 degree field of view)")
     d.add_argument("--embed", action="store_true", help="also print the selected face's identity embedding")
     d.add_argument("--embedder", default=None,
                    help="identity model: default dlib (128-D), or an ArcFace .onnx / insightface pack folder (512-D)")

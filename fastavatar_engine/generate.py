@@ -31,9 +31,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .cameras import intrinsics, orbit_c2w
+from .cameras import intrinsics, orbit_c2w, scale_intrinsics
 from .gaussians import GaussianSet
-from .images import load_image
+from .images import resample
 from .model.io import FastAvatarModel
 from .ply import _atomic_write, write_ply
 from .render import GaussianTensors, render
@@ -47,7 +47,8 @@ APPEARANCE_HEADS = ("color", "opacity")
 @dataclass
 class Avatar:
     """A generated avatar: ``gaussians`` (numpy, head frame), ``code`` [512] float32, the
-    photo's ``camera`` (CameraEstimate), the ``face`` it came from, and bookkeeping."""
+    photo's ``camera`` (CameraEstimate), the ``face`` it came from, the identity ``embedding``
+    the code was encoded from, and bookkeeping."""
 
     gaussians: GaussianSet
     code: np.ndarray
@@ -55,6 +56,7 @@ class Avatar:
     face: object
     model_id: str
     photo: str | None = None
+    embedding: np.ndarray | None = None  # the backbone's identity embedding of the photo (unit norm)
     refined_steps: int = 0
     timings_ms: dict = field(default_factory=dict)
     refine_losses: list = field(default_factory=list)
@@ -129,18 +131,14 @@ class AvatarGenerator:
 
         ``face_index``: which face when there are several (default the largest).
         ``refine_steps`` > 0 runs :meth:`refine`. Raises ``ImageLoadError``, ``NoFaceError``,
-        ``FaceIndexError``.
+        ``FaceIndexError``, and ``ValueError`` for an array that is not [H,W,3] uint8.
         """
         from .face import estimate_camera, select_face
+        from .face.detect import as_rgb_image
 
         timings = {}
         t = time.perf_counter()
-        name = None
-        if isinstance(photo, np.ndarray):
-            image = photo
-        else:
-            image = load_image(photo)
-            name = None if isinstance(photo, (bytes, bytearray)) else str(photo)
+        image, name = as_rgb_image(photo)
         timings["image_load"] = 1e3 * (time.perf_counter() - t)
         t = time.perf_counter()
         faces = self.front_end.detect(image)
@@ -160,7 +158,7 @@ class AvatarGenerator:
         camera = estimate_camera(face)
         timings["camera"] = 1e3 * (time.perf_counter() - t)
         avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), camera, face, self.model.model_id,
-                        name, 0, timings)
+                        None if name == "<bytes>" else name, embedding, timings_ms=timings)
         if refine_steps > 0:
             self.refine(avatar, image, refine_steps, progress=progress, **refine_kwargs)
         return avatar
@@ -171,25 +169,34 @@ class AvatarGenerator:
                ssim_weight: float = 0.2, c2w=None, K=None, mask=None, mode: str = "auto",
                lr_heads: float = 3e-4, mask_is_foreground: bool = False, active_refresh: int = 50,
                min_weight_px: float = 0.01) -> Avatar:
-        """Optimise the avatar against ``image`` (updates ``avatar``).
+        """Optimise the avatar against ``image`` ([H,W,3] uint8 RGB); updates and returns ``avatar``.
 
-        ``mode``: ``"full"`` — the paper's refinement, the code and all decoder weights jointly
-        (``lr_code``, ``lr_decoder``); ``"heads"`` — the shared body's features are computed
-        once for the feed-forward code, geometry stays at the feed-forward prediction, and only
-        the colour and opacity heads' output layers are fine-tuned (``lr_heads``): each step
-        then costs about one render (a quick appearance touch-up); ``"auto"`` — full. ``progress(step, steps, loss)`` is called every step; returning
-        False cancels and keeps the avatar unchanged. ``c2w`` (4x4 OpenGL, head frame) and ``K`` (3x3, pixels of
-        ``image``) override the estimated camera, ``mask`` ([H,W] in [0,1]) the face mask — for
-        evaluation on calibrated data. With ``mask_is_foreground`` the mask is a full foreground
-        mask, so everything outside it is background and is fitted to white; otherwise (the face
-        hull of a user photo) the loss ignores what lies outside the mask. In full mode each step
-        decodes only the Gaussians whose total compositing weight in the photo is at least
-        ``min_weight_px`` pixels (:func:`contributing_gaussians`; 0.01 px keeps ~99.9% of the
-        weight of a frontal photo with ~60% of the Gaussians), refreshed every ``active_refresh``
-        steps; the final avatar is a full decode. Returns ``avatar``.
+        ``mode``: ``"full"`` (= ``"auto"``) is the paper's refinement, the code and all decoder
+        weights jointly (``lr_code``, ``lr_decoder``, ``code_reg`` pulling w towards the
+        feed-forward code); ``"heads"`` computes the shared body once, keeps the geometry at the
+        feed-forward prediction and fine-tunes only the colour and opacity heads' output layers
+        (``lr_heads``), so a step costs about one render.
+
+        The photo is box-resampled so its longer side is ``refine_size`` pixels; the loss is
+        (1 - ``ssim_weight``) L1 + ``ssim_weight`` (1 - SSIM). ``c2w`` (4x4 OpenGL, head frame,
+        metres) and ``K`` (3x3, pixels of ``image``) override the estimated camera; ``mask``
+        ([H,W] in [0,1]) overrides the face hull. With ``mask_is_foreground`` the mask is a full
+        foreground mask and everything outside it is fitted to the white background; otherwise
+        the loss ignores what lies outside the mask.
+
+        In full mode each step decodes only the Gaussians whose total compositing weight in the
+        photo is at least ``min_weight_px`` pixels (:func:`contributing_gaussians`), refreshed
+        every ``active_refresh`` steps; the final avatar is a full decode.
+
+        ``progress(step, steps, loss)`` is called every step; returning False cancels and leaves
+        the avatar unchanged. Raises ``ValueError`` for an unknown mode or a missing camera/mask.
         """
         from .train.losses import l1, ssim
 
+        if mode == "auto":
+            mode = "full"
+        if mode not in ("full", "heads"):
+            raise ValueError(f"refine mode must be 'auto', 'full' or 'heads', got {mode!r}")
         if steps <= 0:
             return avatar
         if (avatar.face is None and mask is None) or (avatar.camera is None and (c2w is None or K is None)):
@@ -197,23 +204,13 @@ class AvatarGenerator:
         h0, w0 = image.shape[:2]
         s = refine_size / max(h0, w0)
         w1, h1 = max(8, round(w0 * s)), max(8, round(h0 * s))
-        sx, sy = w1 / w0, h1 / h0
-        from PIL import Image as _PIL
-
-        target = torch.from_numpy(np.asarray(_PIL.fromarray(image).resize((w1, h1), _PIL.BOX),
-                                             dtype=np.float32) / 255.0).to(self.device)
+        target = torch.from_numpy(resample(image, (w1, h1)).astype(np.float32) / 255.0).to(self.device)
         full_mask = face_mask((h0, w0), avatar.face.landmarks) if mask is None else np.asarray(mask, np.float32)
-        mask = torch.from_numpy(full_mask).to(self.device)
-        mask = torch.nn.functional.interpolate(mask[None, None], size=(h1, w1), mode="area")[0, 0]
-        K = np.array(avatar.camera.K if K is None else K, dtype=np.float64)
-        K[0] *= sx
-        K[1] *= sy
+        mask = torch.nn.functional.interpolate(torch.from_numpy(full_mask).to(self.device)[None, None],
+                                               size=(h1, w1), mode="area")[0, 0]
+        K = scale_intrinsics(avatar.camera.K if K is None else K, w1 / w0, h1 / h0)
         c2w = avatar.camera.c2w if c2w is None else np.asarray(c2w, dtype=np.float64)
 
-        if mode == "auto":
-            mode = "full"
-        if mode not in ("full", "heads"):
-            raise ValueError(f"refine mode must be 'auto', 'full' or 'heads', got {mode!r}")
         decoder = copy.deepcopy(self.model.decoder).to(self.device).train()
         w0_code = torch.as_tensor(avatar.code, device=self.device)
         code = torch.nn.Parameter(w0_code.clone())
@@ -223,10 +220,9 @@ class AvatarGenerator:
                 {"params": [code], "lr": lr_code},
                 {"params": list(mlp.parameters()) + list(decoder.gaussian_embeddings.parameters()), "lr": lr_decoder},
             ])
-            active = {"index": None}  # Gaussians that reach a pixel of the photo (refreshed periodically)
 
-            def current(full: bool = False):
-                return decoder(code, None if full else active["index"])
+            def current(index=None):
+                return decoder(code, index)
         else:
             # geometry (means, scales, rotations) stays at the feed-forward prediction: fitting it to
             # one view breaks the others; only the colour and opacity heads' output layers move
@@ -236,21 +232,20 @@ class AvatarGenerator:
             lasts = {name: getattr(mlp, f"{name}_head")[2] for name in APPEARANCE_HEADS}
             opt = torch.optim.Adam([p for layer in lasts.values() for p in layer.parameters()], lr=lr_heads)
 
-            active = {"index": None}
-
-            def current(full: bool = False):
+            def current(index=None):
                 raw = dict(fixed) | {name: lasts[name](feats[name]) for name in APPEARANCE_HEADS}
                 return decoder.apply_residuals(decoder.residuals_from_raw(raw))
         bg = torch.ones(3, device=self.device)
         m3 = mask[..., None]
         losses = []
+        active = None  # full mode: the Gaussians decoded per step
         t0 = time.perf_counter()
         for step in range(steps):
             if mode == "full" and step % active_refresh == 0:
-                active["index"] = None
-                active["index"] = contributing_gaussians(current(full=True), c2w, K, w1, h1, min_weight_px)
-            g = current()
-            rgb, _ = render(g, c2w, K, w1, h1, bg)
+                with torch.no_grad():
+                    probe = current()
+                active = contributing_gaussians(probe, c2w, K, w1, h1, min_weight_px)
+            rgb, _ = render(current(active), c2w, K, w1, h1, bg)
             if mask_is_foreground:  # outside the foreground is background: white, like the renders
                 tgt = target * m3 + bg * (1 - m3)
                 loss = (1 - ssim_weight) * l1(rgb, tgt) + ssim_weight * (1 - ssim(rgb, tgt))
@@ -266,7 +261,7 @@ class AvatarGenerator:
             if progress is not None and progress(step + 1, steps, losses[-1]) is False:
                 return avatar  # cancelled: unchanged
         with torch.no_grad():
-            avatar.gaussians = current(full=True).to_numpy()
+            avatar.gaussians = current().to_numpy()
         avatar.code = code.detach().cpu().numpy().astype(np.float32)
         avatar.refine_mode = mode
         avatar.refined_steps += steps

@@ -149,6 +149,15 @@ def load_mask(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
 
 
+def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Box-filter resample a uint8 ``[H,W]`` or ``[H,W,C]`` image to ``size`` = (width, height).
+
+    Returns the input unchanged when it already has that size.
+    """
+    pil = Image.fromarray(np.asarray(image))
+    return np.asarray(pil.resize(tuple(size), Image.BOX)) if pil.size != tuple(size) else image
+
+
 def save_png(path, rgb: np.ndarray) -> Path:
     """Write ``rgb`` ([H,W,3] or [H,W], uint8 or float in [0,1]) as PNG, atomically. Returns the path."""
     from .ply import _atomic_write

@@ -192,7 +192,15 @@ def read_ply(path: str | os.PathLike, max_vertices: int = MAX_VERTICES) -> Gauss
     the missing property, or :class:`GaussianValidationError` for NaN/inf values.
     """
     path = Path(path)
-    vertex = _read_vertices(path, max_vertices)
+    return _gaussians_from_vertex(_read_vertices(path, max_vertices), path)
+
+
+def _is_gaussian_ply(names: set) -> bool:
+    return {"opacity", "scale_0", "rot_0", "f_dc_0"} <= names
+
+
+def _gaussians_from_vertex(vertex, path: Path) -> GaussianSet:
+    """The 3DGS Gaussians of an already parsed ``vertex`` element (see :func:`read_ply`)."""
     names = set(vertex.data.dtype.names or ())
     required = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                 "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -241,16 +249,17 @@ def read_point_cloud(
 ) -> GaussianSet:
     """Read any PLY with x, y, z as isotropic Gaussians (e.g. the sample data's ``points3d.ply``).
 
-    A 3DGS PLY is returned as such (:func:`read_ply`). Otherwise each vertex becomes a Gaussian
-    with standard deviation ``scale`` metres and ``opacity``; colours come from ``red/green/blue``
-    (uchar 0-255 or float 0-1) when present and not all zero, else from the vertex position
-    normalised to the bounding box (a false-colour view so the shape is readable).
+    A 3DGS PLY is returned as such (as :func:`read_ply` would). Otherwise each vertex becomes a
+    Gaussian with standard deviation ``scale`` metres and ``opacity``, marked
+    ``extra["point_cloud"] = True``; colours come from ``red/green/blue`` (uchar 0-255 or float
+    0-1) when present and not all zero, else from the vertex position normalised to the bounding
+    box (a false-colour view so the shape is readable). Raises :class:`PlyFormatError`.
     """
     path = Path(path)
     vertex = _read_vertices(path, max_vertices)
     names = set(vertex.data.dtype.names or ())
-    if {"opacity", "scale_0", "rot_0", "f_dc_0"} <= names:
-        return read_ply(path, max_vertices)
+    if _is_gaussian_ply(names):
+        return _gaussians_from_vertex(vertex, path)
     if not {"x", "y", "z"} <= names:
         raise PlyFormatError(f"{path}: vertex element lacks x, y, z")
     pts = np.stack([np.asarray(vertex[k], dtype=np.float64) for k in "xyz"], axis=1)
@@ -267,5 +276,5 @@ def read_point_cloud(
         lo, hi = pts.min(0), pts.max(0)
         colors = 0.15 + 0.7 * (pts - lo) / np.maximum(hi - lo, 1e-9)
     g = GaussianSet.from_points(pts, colors=colors, scale=scale, opacity=opacity)
-    g.extra.update({"source": str(path), "sh_degree": 0})
+    g.extra.update({"source": str(path), "sh_degree": 0, "point_cloud": True})
     return g.validate()

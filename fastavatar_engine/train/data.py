@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ..cameras import Subject, load_subject
+from ..cameras import Subject, load_subject, scale_intrinsics
+from ..images import resample
 
 
 @dataclass
@@ -42,11 +42,6 @@ def head_frame_transform(root) -> np.ndarray:
     return T
 
 
-def _resample(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    pil = Image.fromarray(img)
-    return np.asarray(pil.resize(size, Image.BOX)) if pil.size != size else img
-
-
 def load_views(root, camera_indices=None, scale: float = 0.5, head_frame: bool = True, device="cpu") -> list[TrainView]:
     """Load views of the subject at ``root`` resampled by ``scale`` (0.5: 550x802 -> 275x401).
 
@@ -60,12 +55,9 @@ def load_views(root, camera_indices=None, scale: float = 0.5, head_frame: bool =
     out = []
     for v in views:
         w, h = max(1, round(v.width * scale)), max(1, round(v.height * scale))
-        sx, sy = w / v.width, h / v.height
-        img = _resample(v.load_image(), (w, h)).astype(np.float32) / 255.0
-        mask = _resample((v.load_mask() * 255).round().astype(np.uint8), (w, h)).astype(np.float32) / 255.0
-        K = v.K.copy()
-        K[0] *= sx
-        K[1] *= sy
+        img = resample(v.load_image(), (w, h)).astype(np.float32) / 255.0
+        mask = resample((v.load_mask() * 255).round().astype(np.uint8), (w, h)).astype(np.float32) / 255.0
+        K = scale_intrinsics(v.K, w / v.width, h / v.height)
         out.append(TrainView(v.camera_index, torch.from_numpy(np.ascontiguousarray(img)).to(device),
                              torch.from_numpy(np.ascontiguousarray(mask)).to(device), T @ v.c2w, K))
     return out
