@@ -116,6 +116,7 @@ class AvatarGenerator:
         self.front_end = FaceFrontEnd()
 
     def close(self) -> None:
+        """Release the MediaPipe graphs (the generator cannot be used afterwards)."""
         self.front_end.close()
 
     def __enter__(self):

@@ -99,14 +99,17 @@ def test_refinement_lowers_the_photo_loss_and_cancel_leaves_avatar_unchanged(gen
     assert not np.array_equal(avatar.code, before_code)
 
 
-def test_generate_errors_are_clear(generator, tmp_path):
+def test_generate_errors_are_clear(generator, astronaut, tmp_path, capsys):
     from fastavatar_engine.face import NoFaceError
 
     with pytest.raises(NoFaceError, match="no face"):
         generator.generate(np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(ValueError, match="uint8"):
+        generator.generate(np.zeros((20, 20, 3), np.float32))
     assert main(["generate", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "a.ply")]) == 2
-    assert main(["generate", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "a.ply"),
-                 "--weights", str(tmp_path / "no_model")]) == 2
+    assert "missing.jpg" in capsys.readouterr().err
+    assert main(["generate", str(astronaut), "-o", str(tmp_path / "a.ply"), "--weights", str(tmp_path / "no_model")]) == 2
+    assert "no_model: model folder not found" in capsys.readouterr().err
     assert not (tmp_path / "a.ply").exists()
 
 

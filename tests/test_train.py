@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from fastavatar_engine.gaussians import GaussianSet
 from fastavatar_engine.render import GaussianTensors

@@ -167,7 +167,7 @@ class ArcFaceEmbedder(IdentityEmbedder):
                                               providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
             raise FaceModelError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from exc
-        inputs, outputs = self._sess.get_inputs(), self._sess.get_outputs()
+        inputs = self._sess.get_inputs()
         if len(inputs) != 1:
             raise FaceModelError(f"{path}: expected one input (a [1,3,112,112] image), the model has {len(inputs)}")
         shape = list(inputs[0].shape)

@@ -99,6 +99,7 @@ class FastAvatarDecoder(nn.Module):
 
     @property
     def num_gaussians(self) -> int:
+        """K, the number of template Gaussians."""
         return int(self.base_means.shape[0])
 
     def residuals(self, w: torch.Tensor, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

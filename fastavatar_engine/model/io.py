@@ -53,13 +53,16 @@ class FastAvatarModel:
 
     @property
     def model_id(self) -> str:
+        """The card's ``model_id`` ('unknown' when absent)."""
         return str(self.card.get("model_id", "unknown"))
 
     @property
     def code_dim(self) -> int:
+        """Length of the latent code w (512 for the default and the official models)."""
         return self.decoder.code_dim
 
     def to(self, device) -> "FastAvatarModel":
+        """Move decoder and encoder to ``device`` (in place); returns ``self``."""
         self.decoder.to(device)
         self.encoder.to(device)
         return self
@@ -86,22 +89,29 @@ class FastAvatarModel:
 
     # ------------------------------------------------------------------ our bundle
     def save(self, folder, dtype=torch.float16) -> Path:
-        """Write the bundle to ``folder`` (tensors cast to ``dtype``); returns the folder."""
+        """Write the bundle to ``folder`` (tensors cast to ``dtype``); returns the folder.
+
+        Each file is written under a temporary name and renamed, so an interrupted save never
+        leaves a truncated weights file.
+        """
         from safetensors.torch import save_file
+
+        from ..ply import _atomic_write
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         cast = lambda sd: {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}  # noqa: E731
-        save_file(cast(self.decoder.state_dict()), str(folder / "decoder.safetensors"))
-        save_file(cast(self.encoder.state_dict()), str(folder / "encoder.safetensors"))
-        if self.codes:
-            save_file(cast(self.codes), str(folder / "codes.safetensors"))
+        tensors = {"decoder": self.decoder.state_dict(), "encoder": self.encoder.state_dict(), "codes": self.codes}
+        for name, sd in tensors.items():
+            if sd:
+                _atomic_write(folder / f"{name}.safetensors", lambda tmp, sd=sd: save_file(cast(sd), tmp))
         card = dict(self.card)
         card.setdefault("embedder", self.embedder)
         card["encoder_in_dim"] = self.encoder.in_dim
         card["num_gaussians"] = self.decoder.num_gaussians
         card["code_dim"] = self.code_dim
-        (folder / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+        text = json.dumps(card, indent=2) + "\n"
+        _atomic_write(folder / "model_card.json", lambda tmp: Path(tmp).write_text(text))
         return folder
 
     @classmethod

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,7 +68,3 @@ def subject_points(root, head_frame: bool = True) -> np.ndarray:
     if head_frame:
         pts = pts @ head_frame_transform(root)[:3, :3].T
     return pts
-
-
-def subject_name(root) -> str:
-    return Path(root).name

@@ -67,8 +67,8 @@ def train_encoder(data_dir, run_dir, subjects, cfg: EncoderTrainConfig | None = 
     t0 = time.perf_counter()
     with FaceFrontEnd() as fe:
         for s in subjects:
-            train_idx = load_subject(data_dir / s).splits.get("train") or [
-                v.camera_index for v in load_subject(data_dir / s).views if v.camera_index != 8]
+            subject = load_subject(data_dir / s)
+            train_idx = subject.splits.get("train") or [v.camera_index for v in subject.views]
             embs = view_embeddings(data_dir / s, [i for i in train_idx if i != 8], fe, embedder)
             xs += embs
             ys += [codes[s]] * len(embs)

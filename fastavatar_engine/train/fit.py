@@ -100,7 +100,7 @@ def init_gaussians(points: np.ndarray, views: list[TrainView], opacity: float = 
 
 
 def _optimizer(g: GaussianTensors, cfg: FitConfig) -> torch.optim.Adam:
-    # SH DC and higher orders get different rates: split the tensor with a gradient mask
+    # the higher SH orders' 20x smaller rate is applied by scaling their gradient in the loop
     return torch.optim.Adam([
         {"params": [g.means], "lr": cfg.lr_means, "name": "means"},
         {"params": [g.log_scales], "lr": cfg.lr_scales, "name": "log_scales"},
