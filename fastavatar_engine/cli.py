@@ -232,7 +232,8 @@ def cmd_generate(args) -> int:
             avatar = gen.generate(image, face_index=args.face_index)
         avatar.photo = str(args.photo)
         if args.refine:
-            gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"), mode=args.refine_mode)
+            gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"), mode=args.refine_mode,
+                       geometry_anchor=args.geometry_anchor)
         ply, meta = save_avatar(avatar, args.output)
         out = {"ply": str(ply), "metadata": str(meta), "gaussians": len(avatar.gaussians),
                "model_id": avatar.model_id, "refined_steps": avatar.refined_steps,
@@ -256,7 +257,7 @@ def cmd_evaluate(args) -> int:
     try:
         result = evaluate_subject(args.data, args.subject, args.input_view, args.refine, image_scale=args.image_scale,
                                   generator=gen, progress=_progress_bar("refine") if args.refine else None,
-                                  refine_mode=args.refine_mode)
+                                  refine_mode=args.refine_mode, geometry_anchor=args.geometry_anchor)
     finally:
         gen.close()
     text = json.dumps(result, indent=2)
@@ -351,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"],
                    help="full (= auto): code + whole decoder, the paper's; heads: geometry fixed, colour and "
                         "opacity heads only (about 3x faster on CPU, a weaker appearance touch-up)")
+    g.add_argument("--geometry-anchor", type=float, default=0.0, metavar="LAMBDA",
+                   help="full refinement: pull the geometry towards the feed-forward one (0 = the paper's; "
+                        "0.01 keeps single-view refinement from bending side views of a well-predicted face)")
     g.add_argument("--preview", help="PNG strip: the input face, then renders from -60 to +60 degrees of yaw")
     g.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest)")
     g.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
@@ -366,10 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refine", type=int, default=0, metavar="N", help="also evaluate after N refinement steps")
     e.add_argument("--image-scale", type=float, default=0.5, help="scale of the evaluated views (default 0.5)")
     e.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"])
+    e.add_argument("--geometry-anchor", type=float, default=0.0, metavar="LAMBDA",
+                   help="full refinement: pull the geometry towards the feed-forward one (0 = the paper's; "
+                        "0.01 keeps single-view refinement from bending side views of a well-predicted face)")
     e.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
     e.add_argument("--json", help="write the full result (per view) here")
     e.add_argument("--verbose", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    sv = sub.add_parser("serve", help="run the engine service on stdin/stdout (the Blender add-on's engine)")
+    sv.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
+    sv.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
+    sv.add_argument("--embedder", default=None, help="identity backbone override (ArcFace .onnx / buffalo_l folder)")
+    sv.add_argument("--verbose", action="store_true", help="log every request on stderr")
+    sv.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("train", help="train a FastAvatar model on multi-view subjects (resumable stages)")
     t.add_argument("stage", choices=["fit", "template", "decoder", "encoder", "all", "package"])
@@ -389,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--commands", nargs="*", help="package: the exact commands that produced the run, for the card")
     t.set_defaults(func=cmd_train)
     return p
+
+
+def cmd_serve(args) -> int:
+    from .serve import serve_main
+
+    return serve_main(args.device, args.weights, args.embedder, args.verbose)
 
 
 def main(argv: list[str] | None = None) -> int:

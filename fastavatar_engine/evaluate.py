@@ -56,7 +56,7 @@ def _identity_similarity(generator, g, photo_embedding, frontal_view) -> float |
 
 def evaluate_subject(data_dir, subject: str, input_view: int = FRONTAL_CAMERA, refine_steps: int = 0,
                      model=None, image_scale: float = 0.5, generator=None, progress=None,
-                     refine_mode: str = "auto") -> dict:
+                     refine_mode: str = "auto", geometry_anchor: float = 0.0) -> dict:
     """Run the evaluation on cameras 0-15 of ``data_dir/subject``; returns the JSON-ready dict.
 
     ``input_view``: camera index of the input photo (full resolution); the other cameras are
@@ -91,7 +91,8 @@ def evaluate_subject(data_dir, subject: str, input_view: int = FRONTAL_CAMERA, r
     if refine_steps > 0:
         t = time.perf_counter()
         gen.refine(avatar, photo, refine_steps, c2w=full_input.c2w, K=full_input.K,
-                   mask=full_input.mask.numpy(), mask_is_foreground=True, progress=progress, mode=refine_mode)
+                   mask=full_input.mask.numpy(), mask_is_foreground=True, progress=progress, mode=refine_mode,
+                   geometry_anchor=geometry_anchor)
         g = avatar.gaussians.to_torch()
         result["refined"] = _metrics(g, others) | {
             "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps, "mode": avatar.refine_mode,

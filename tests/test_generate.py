@@ -99,6 +99,28 @@ def test_refinement_lowers_the_photo_loss_and_cancel_leaves_avatar_unchanged(gen
     assert not np.array_equal(avatar.code, before_code)
 
 
+def test_geometry_anchor_limits_drift_and_refine_from_code_matches(generator, astronaut):
+    from fastavatar_engine.images import load_image
+
+    image = load_image(astronaut)
+    drift = {}
+    for anchor in (0.0, 10.0):
+        avatar = generator.generate(image)
+        ff = avatar.gaussians.means.copy()
+        generator.refine(avatar, image, 6, refine_size=96, mode="full", lr_code=1e-2, lr_decoder=5e-4,
+                         geometry_anchor=anchor)
+        drift[anchor] = float(np.linalg.norm(avatar.gaussians.means - ff, axis=1).mean())
+    assert drift[0.0] > 0 and drift[10.0] < 0.7 * drift[0.0], drift
+    # avatar_from_code: the same code decodes to the same Gaussians, with the photo's camera
+    ff_avatar = generator.generate(image)
+    again, img = generator.avatar_from_code(image, ff_avatar.code)
+    np.testing.assert_array_equal(again.gaussians.means, ff_avatar.gaussians.means)
+    np.testing.assert_allclose(again.camera.c2w, ff_avatar.camera.c2w)
+    assert img.shape == image.shape
+    with pytest.raises(ValueError, match="512 values"):
+        generator.avatar_from_code(image, ff_avatar.code[:100])
+
+
 def test_generate_errors_are_clear(generator, astronaut, tmp_path, capsys):
     from fastavatar_engine.face import NoFaceError
 

@@ -1,0 +1,278 @@
+"""Engine client: starts ``fastavatar serve`` in a subprocess and talks :mod:`.protocol` to it.
+
+numpy only (the Blender add-on uses it inside Blender's Python; torch lives in the engine's own
+interpreter). One request at a time; responses are read by a thread so every wait has a timeout.
+A crashed, killed or hung engine raises :class:`EngineCrashed` / :class:`EngineTimeout`; the next
+request starts a fresh engine. The engine's stderr is kept (last 200 lines) for error messages.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from .protocol import PROTOCOL_VERSION, FrameError, FrameReader, StreamClosed, encode_frame, gaussians_from_arrays
+
+
+class EngineError(Exception):
+    """The engine answered a request with an error. ``kind`` is the protocol's error kind
+    ('no_face', 'image', 'bad_request', 'version', 'model', 'cancelled', 'protocol', 'internal')."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class EngineUnavailable(Exception):
+    """The engine could not be started or stopped working (base of crash and timeout)."""
+
+
+class EngineCrashed(EngineUnavailable):
+    """The engine process exited or closed its pipes; ``log`` holds its last stderr lines."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message + (f"\n--- engine log ---\n{log}" if log else ""))
+        self.short = message
+        self.log = log
+
+
+class EngineTimeout(EngineUnavailable):
+    """The engine did not answer in time (it was stopped)."""
+
+
+def engine_command(python: str | None = None, device: str = "auto", weights: str | None = None) -> list[str]:
+    """The command line that starts the engine service with interpreter ``python`` (default: this one)."""
+    cmd = [python or sys.executable, "-m", "fastavatar_engine", "serve", "--device", device]
+    if weights:
+        cmd += ["--weights", str(weights)]
+    return cmd
+
+
+class EngineClient:
+    """A warm engine subprocess. ``command``: argv (see :func:`engine_command`); ``env``: its
+    environment (default: this process's); ``start_timeout`` / ``request_timeout`` in seconds
+    (refinement waits ``request_timeout`` between two progress events, not in total).
+
+    Use :meth:`request` for any message, or the helpers :meth:`hello`, :meth:`generate`,
+    :meth:`decode`, :meth:`refine`. Thread-safe: requests are serialised by a lock."""
+
+    def __init__(self, command: list[str], env: dict | None = None, start_timeout: float = 120.0,
+                 request_timeout: float = 120.0, cwd: str | None = None):
+        self.command = list(command)
+        self.env = env
+        self.cwd = cwd
+        self.start_timeout = start_timeout
+        self.request_timeout = request_timeout
+        self.proc: subprocess.Popen | None = None
+        self.info: dict = {}
+        self.start_seconds: float | None = None
+        self._lock = threading.RLock()
+        self._messages: queue.Queue = queue.Queue()
+        self._log = collections.deque(maxlen=200)
+        self._next_id = 1
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(list(self._log)[-lines:])
+
+    def start(self) -> dict:
+        """Start the engine (if not running) and wait for its ``ready`` frame; returns its info."""
+        with self._lock:
+            if self.alive:
+                return self.info
+            self.stop()
+            t = time.perf_counter()
+            env = dict(os.environ if self.env is None else self.env)
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            try:
+                self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, env=env, cwd=self.cwd, bufsize=0)
+            except OSError as e:
+                self.proc = None
+                raise EngineUnavailable(f"cannot start the engine ({self.command[0]}): {e}") from None
+            self._messages = queue.Queue()
+            self._log.clear()
+            threading.Thread(target=self._read_stdout, args=(self.proc, self._messages), daemon=True).start()
+            threading.Thread(target=self._read_stderr, args=(self.proc,), daemon=True).start()
+            msg = self._wait(self.start_timeout, "start")
+            if msg.type == "error":
+                self.stop()
+                raise EngineError(msg.header.get("kind", "internal"), msg.header.get("message", "engine failed"))
+            if msg.type != "ready":
+                self.stop()
+                raise EngineCrashed(f"engine sent {msg.type!r} instead of 'ready'", self.log_tail())
+            if msg.header.get("protocol") != PROTOCOL_VERSION:
+                self.stop()
+                raise EngineError("version", f"engine speaks protocol {msg.header.get('protocol')!r}, this add-on "
+                                             f"{PROTOCOL_VERSION}: reinstall the engine from this add-on's wheel")
+            self.info = dict(msg.header)
+            self.start_seconds = time.perf_counter() - t
+            return self.info
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the engine to shut down; kill it if it does not within ``timeout`` seconds."""
+        with self._lock:
+            proc, self.proc = self.proc, None
+            if proc is None:
+                return
+            if proc.poll() is None:
+                try:
+                    proc.stdin.write(encode_frame({"type": "shutdown", "id": 0}))
+                    proc.stdin.flush()
+                    proc.stdin.close()
+                except (OSError, ValueError):
+                    pass
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            for s in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    s.close()
+                except (OSError, ValueError):
+                    pass
+
+    def kill(self) -> None:
+        """Kill the engine at once (used after a timeout)."""
+        with self._lock:
+            proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+    def _read_stdout(self, proc, messages):
+        reader = FrameReader(proc.stdout)
+        while True:
+            try:
+                messages.put(reader.next())
+            except FrameError as e:  # garbage on the engine's stdout: report and keep reading
+                messages.put(e)
+            except (StreamClosed, OSError, ValueError) as e:
+                messages.put(StreamClosed(str(e)))
+                return
+
+    def _read_stderr(self, proc):
+        for line in iter(proc.stderr.readline, b""):
+            self._log.append(line.decode("utf-8", "replace").rstrip())
+
+    def _wait(self, timeout: float, what: str):
+        try:
+            item = self._messages.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise EngineTimeout(f"the engine did not answer {what} within {timeout:.0f} s; it was stopped "
+                                f"and a fresh one starts with the next request") from None
+        return self._check(item, what)
+
+    def _check(self, item, what: str):
+        """``item`` from the reader thread as a Message; raises EngineCrashed for a closed stream
+        or garbage on the engine's stdout."""
+        if isinstance(item, StreamClosed):
+            proc, self.proc = self.proc, None
+            code = None
+            if proc is not None:
+                try:
+                    code = proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            time.sleep(0.05)  # let the stderr thread collect the last lines
+            raise EngineCrashed(f"the engine stopped during {what} (exit code {code})", self.log_tail())
+        if isinstance(item, FrameError):
+            self.kill()
+            raise EngineCrashed(f"the engine sent a malformed frame during {what}: {item}", self.log_tail())
+        return item
+
+    # ------------------------------------------------------------------ requests
+    def request(self, type_: str, header: dict | None = None, arrays: dict | None = None, progress=None,
+                cancel=None, timeout: float | None = None):
+        """Send one request and wait for its result; returns the result :class:`Message`.
+
+        ``progress(header)`` receives progress events; ``cancel()`` is polled while waiting and,
+        once true, a ``cancel`` frame is sent (the engine then answers with an error of kind
+        'cancelled'). Raises :class:`EngineError`, :class:`EngineCrashed`, :class:`EngineTimeout`."""
+        timeout = self.request_timeout if timeout is None else timeout
+        with self._lock:
+            self.start()
+            rid = self._next_id
+            self._next_id += 1
+            frame = encode_frame(dict(header or {}, type=type_, id=rid), arrays)
+            try:
+                self.proc.stdin.write(frame)
+                self.proc.stdin.flush()
+            except (OSError, ValueError, AttributeError):
+                self._wait(2.0, type_)  # surfaces the crash with the engine's log
+                raise EngineCrashed(f"the engine stopped during {type_}", self.log_tail()) from None
+            cancel_sent = False
+            deadline = time.monotonic() + timeout
+            while True:
+                if cancel is not None and not cancel_sent and cancel():
+                    try:
+                        self.proc.stdin.write(encode_frame({"type": "cancel", "target": rid}))
+                        self.proc.stdin.flush()
+                    except (OSError, ValueError, AttributeError):
+                        pass
+                    cancel_sent = True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.kill()
+                    raise EngineTimeout(f"the engine did not answer {type_} within {timeout:.0f} s; it was "
+                                        f"stopped and a fresh one starts with the next request")
+                try:
+                    item = self._messages.get(timeout=min(remaining, 0.1))
+                except queue.Empty:
+                    continue
+                msg = self._check(item, type_)
+                if msg.id != rid:
+                    continue  # a stale answer (e.g. a protocol error about an earlier frame)
+                if msg.type == "progress":
+                    deadline = time.monotonic() + timeout
+                    if progress is not None:
+                        progress(msg.header)
+                    continue
+                if msg.type == "error":
+                    raise EngineError(msg.header.get("kind", "internal"), msg.header.get("message", ""))
+                return msg
+
+    def hello(self) -> dict:
+        """The engine's hello result header (protocol, device, model)."""
+        return self.request("hello", {"protocol": PROTOCOL_VERSION}).header
+
+    def generate(self, image_path: str | None = None, pixels: np.ndarray | None = None,
+                 face_index: int | None = None, refine_steps: int = 0, **kw):
+        """(GaussianSet, code [D] float32, result header) for a photo given by path or pixels."""
+        header = {"face_index": face_index, "refine_steps": refine_steps}
+        if image_path is not None:
+            header["image_path"] = str(image_path)
+        arrays = {"pixels": np.ascontiguousarray(pixels, np.uint8)} if pixels is not None else None
+        msg = self.request("generate", header, arrays, **kw)
+        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), msg.header
+
+    def decode(self, code, directions=None, amounts=None, **kw):
+        """(GaussianSet, effective code, result header) for code ``w`` (+ sum amounts_m directions_m)."""
+        arrays = {"code": np.asarray(code, np.float32)}
+        header = {}
+        if directions is not None:
+            arrays["directions"] = np.asarray(directions, np.float32)
+            header["amounts"] = [float(a) for a in amounts]
+        msg = self.request("decode", header, arrays, **kw)
+        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), msg.header
+
+    def refine(self, code, image_path: str, steps: int = 300, face_index: int | None = None,
+               mode: str = "auto", progress=None, cancel=None, **kw):
+        """(GaussianSet, refined code, result header): refine ``code`` against the photo."""
+        msg = self.request("refine", {"image_path": str(image_path), "steps": int(steps), "face_index": face_index,
+                                      "mode": mode}, {"code": np.asarray(code, np.float32)},
+                           progress=progress, cancel=cancel, **kw)
+        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), msg.header

@@ -1,0 +1,363 @@
+"""``fastavatar serve``: the engine as a long-lived process speaking :mod:`.protocol` on stdin/stdout.
+
+The Blender add-on starts this process once and keeps it warm. Frames arrive on stdin; results,
+progress events and errors leave on stdout; logs go to stderr. Nothing else may reach stdout:
+at start the real stdout is moved to a private file descriptor and fd 1 is pointed at stderr, so
+a stray ``print`` or a native library's log line cannot corrupt the frame stream.
+
+A reader thread parses frames. A malformed or oversized frame is answered with an ``error``
+(kind ``protocol``) and the engine carries on; ``cancel`` frames are handled by the reader
+thread at once (they flag the running refinement); every other request is queued and handled
+in order by the main thread. End of stdin (the add-on went away) stops the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+
+import numpy as np
+
+from . import __version__
+from .protocol import (
+    GAUSSIAN_ARRAYS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, FrameError, FrameReader, StreamClosed,
+    encode_frame, error_header, gaussian_arrays,
+)
+
+log = logging.getLogger("fastavatar.serve")
+
+#: Largest photo accepted as pixels or from a path (pixels); the image loader has its own limit.
+MAX_PIXELS = 64_000_000
+MAX_REFINE_STEPS = 100_000
+MAX_DIRECTIONS = 4096
+
+
+class RequestError(Exception):
+    """A request that cannot be served; ``kind`` is one of protocol.ERROR_KINDS."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Engine:
+    """Request handlers around one model and (lazily) one :class:`AvatarGenerator`.
+
+    ``device``: 'auto' (CUDA when available), 'cpu' or 'cuda[:N]'; ``weights``: model folder
+    (None: built-in default); ``embedder``: identity backbone override. Raises ``ModelLoadError``
+    when the weights cannot be loaded."""
+
+    def __init__(self, device: str = "auto", weights=None, embedder=None):
+        import torch
+
+        from .model.io import FastAvatarModel
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.model = FastAvatarModel.load(weights, device=self.device)
+        self.model.to(self.device)
+        self.embedder_spec = embedder
+        self._generator = None
+
+    @property
+    def generator(self):
+        if self._generator is None:
+            from .generate import AvatarGenerator
+
+            self._generator = AvatarGenerator(self.model, device=str(self.device), embedder=self.embedder_spec)
+        return self._generator
+
+    def close(self):
+        if self._generator is not None:
+            self._generator.close()
+
+    # ------------------------------------------------------------------ helpers
+    def model_info(self) -> dict:
+        m = self.model
+        return {"model_id": m.model_id, "code_dim": m.code_dim, "num_gaussians": int(m.decoder.num_gaussians),
+                "embedder": m.embedder}
+
+    def _photo(self, header: dict, arrays: dict):
+        if "pixels" in arrays:
+            px = arrays["pixels"]
+            if px.dtype != np.uint8 or px.ndim != 3 or px.shape[2] != 3 or min(px.shape[:2]) < 1:
+                raise RequestError("bad_request", f"'pixels' must be [H,W,3] uint8, got {list(px.shape)} {px.dtype}")
+            if px.shape[0] * px.shape[1] > MAX_PIXELS:
+                raise RequestError("image", f"photo of {px.shape[1]}x{px.shape[0]} pixels exceeds {MAX_PIXELS}")
+            return np.array(px)  # writable copy
+        path = header.get("image_path")
+        if not isinstance(path, str) or not path:
+            raise RequestError("bad_request", "request needs 'image_path' (string) or a 'pixels' array")
+        return path
+
+    def _face_index(self, header):
+        fi = header.get("face_index")
+        if fi is not None and (not isinstance(fi, int) or isinstance(fi, bool) or fi < 0):
+            raise RequestError("bad_request", f"'face_index' must be a non-negative integer, got {fi!r}")
+        return fi
+
+    def _code(self, arrays: dict, name: str = "code"):
+        if name not in arrays:
+            raise RequestError("bad_request", f"request needs a '{name}' array")
+        c = arrays[name]
+        if c.ndim != 1 or c.shape[0] != self.model.code_dim:
+            raise RequestError("bad_request", f"'{name}' must have {self.model.code_dim} values, got shape {list(c.shape)}")
+        c = c.astype(np.float32)
+        if not np.isfinite(c).all():
+            raise RequestError("bad_request", f"'{name}' contains non-finite values")
+        return c
+
+    def _avatar_result(self, avatar, elapsed_s: float) -> tuple[dict, dict]:
+        arrays = gaussian_arrays(avatar.gaussians)
+        arrays["code"] = np.asarray(avatar.code, np.float32)
+        cam = avatar.camera.to_json() if avatar.camera is not None else None
+        return ({"model_id": avatar.model_id, "camera": cam, "photo": avatar.photo,
+                 "refined_steps": avatar.refined_steps, "refine_mode": avatar.refine_mode,
+                 "timings_ms": {k: round(v, 2) for k, v in avatar.timings_ms.items()},
+                 "elapsed_ms": round(1e3 * elapsed_s, 2)}, arrays)
+
+    # ------------------------------------------------------------------ requests
+    def hello(self, header, arrays, emit, cancelled):
+        client = header.get("protocol")
+        if client is not None and client != PROTOCOL_VERSION:
+            raise RequestError("version", f"client speaks protocol {client!r}, this engine {PROTOCOL_VERSION} "
+                                          f"(engine {__version__}): reinstall the engine or update the add-on")
+        import torch
+
+        return {"protocol": PROTOCOL_VERSION, "engine_version": __version__, "device": str(self.device),
+                "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"),
+                "model": self.model_info(), "pid": os.getpid()}, {}
+
+    def generate(self, header, arrays, emit, cancelled):
+        t = time.perf_counter()
+        photo = self._photo(header, arrays)
+        steps = _int(header, "refine_steps", 0, 0, MAX_REFINE_STEPS)
+        avatar = self.generator.generate(photo, face_index=self._face_index(header))
+        if steps:
+            image, _ = _as_image(photo)
+            self._refine(avatar, image, steps, header, emit, cancelled)
+        return self._avatar_result(avatar, time.perf_counter() - t)
+
+    def decode(self, header, arrays, emit, cancelled):
+        import torch
+
+        t = time.perf_counter()
+        w = self._code(arrays)
+        directions = arrays.get("directions")
+        amounts = header.get("amounts", [])
+        if directions is not None:
+            if directions.ndim != 2 or directions.shape[1] != w.shape[0] or directions.shape[0] > MAX_DIRECTIONS:
+                raise RequestError("bad_request", f"'directions' must be [M<={MAX_DIRECTIONS},{w.shape[0]}], "
+                                                  f"got {list(directions.shape)}")
+            if (not isinstance(amounts, list) or len(amounts) != directions.shape[0]
+                    or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in amounts)):
+                raise RequestError("bad_request", f"'amounts' must be a list of {directions.shape[0]} numbers")
+            d = directions.astype(np.float32)
+            if not np.isfinite(d).all() or not np.isfinite(amounts).all():
+                raise RequestError("bad_request", "'directions'/'amounts' contain non-finite values")
+            w = w + np.asarray(amounts, np.float32) @ d
+        elif amounts:
+            raise RequestError("bad_request", "'amounts' given without 'directions'")
+        with torch.no_grad():
+            g = self.model.decode(w).to_numpy()
+        out = gaussian_arrays(g)
+        out["code"] = w.astype(np.float32)
+        return {"model_id": self.model.model_id, "elapsed_ms": round(1e3 * (time.perf_counter() - t), 2)}, out
+
+    def refine(self, header, arrays, emit, cancelled):
+        t = time.perf_counter()
+        code = self._code(arrays)
+        photo = self._photo(header, arrays)
+        steps = _int(header, "steps", 300, 1, MAX_REFINE_STEPS)
+        avatar, image = self.generator.avatar_from_code(photo, code, face_index=self._face_index(header))
+        self._refine(avatar, image, steps, header, emit, cancelled)
+        return self._avatar_result(avatar, time.perf_counter() - t)
+
+    def _refine(self, avatar, image, steps, header, emit, cancelled):
+        mode = header.get("mode", "auto")
+        if mode not in ("auto", "full", "heads"):
+            raise RequestError("bad_request", f"'mode' must be auto, full or heads, got {mode!r}")
+        every = _int(header, "progress_every", 1, 1, MAX_REFINE_STEPS)
+        state = {"cancelled": False}
+
+        def progress(step, total, loss):
+            if cancelled():
+                state["cancelled"] = True
+                return False
+            if step % every == 0 or step == total:
+                emit({"type": "progress", "stage": "refine", "step": step, "total": total, "loss": round(loss, 6)})
+            return True
+
+        self.generator.refine(avatar, image, steps, progress=progress, mode=mode)
+        if state["cancelled"]:
+            raise _Cancelled()
+
+
+def _int(header, key, default, lo, hi) -> int:
+    v = header.get(key, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise RequestError("bad_request", f"'{key}' must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def _as_image(photo):
+    from .face.detect import as_rgb_image
+
+    return as_rgb_image(photo)
+
+
+class Server:
+    """The request loop. ``inp``/``out``: binary streams (stdin/stdout of the process)."""
+
+    HANDLERS = ("hello", "generate", "decode", "refine")
+
+    def __init__(self, engine: Engine, inp, out, max_payload: int = MAX_PAYLOAD_BYTES):
+        self.engine = engine
+        self.reader = FrameReader(inp, max_payload)
+        self.out = out
+        self.write_lock = threading.Lock()
+        self.requests: queue.Queue = queue.Queue()
+        self.cancelled: set = set()
+        self.current_id = None
+
+    def send(self, header: dict, arrays: dict | None = None) -> None:
+        frame = encode_frame(header, arrays)
+        with self.write_lock:
+            self.out.write(frame)
+            self.out.flush()
+
+    def _read_loop(self):
+        while True:
+            try:
+                msg = self.reader.next()
+            except FrameError as e:
+                log.warning("malformed frame: %s", e)
+                self.send(error_header(e.request_id, "protocol", str(e)))
+                continue
+            except StreamClosed as e:
+                log.info("input closed (%s): stopping", e)
+                self.requests.put(None)
+                return
+            except Exception as e:  # noqa: BLE001 - the reader must never die silently
+                log.error("reader failed: %s", e)
+                self.requests.put(None)
+                return
+            if msg.type == "cancel":
+                target = msg.header.get("target")
+                if isinstance(target, int):
+                    self.cancelled.add(target)
+                continue
+            self.requests.put(msg)
+            if msg.type == "shutdown":
+                return
+
+    def run(self) -> int:
+        threading.Thread(target=self._read_loop, name="fastavatar-reader", daemon=True).start()
+        while True:
+            msg = self.requests.get()
+            if msg is None:
+                return 0
+            rid = msg.id
+            if msg.type == "shutdown":
+                self.send({"type": "result", "id": rid, "request": "shutdown"})
+                return 0
+            if msg.type not in self.HANDLERS:
+                self.send(error_header(rid, "bad_request", f"unknown request type {msg.type!r} "
+                                                           f"(known: {', '.join(self.HANDLERS + ('cancel', 'shutdown'))})"))
+                continue
+            self.current_id = rid
+            t = time.perf_counter()
+            try:
+                header, arrays = getattr(self.engine, msg.type)(
+                    msg.header, msg.arrays, lambda h: self.send(dict(h, id=rid)),
+                    lambda: rid in self.cancelled)
+                self.send(dict(header, type="result", id=rid, request=msg.type), arrays)
+            except BaseException as e:  # noqa: BLE001 - every request ends in a result or an error
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                kind, text = _classify(e)
+                if kind == "internal":
+                    log.error("request %s (%s) failed:\n%s", rid, msg.type, traceback.format_exc())
+                self.send(error_header(rid, kind, text))
+            finally:
+                self.cancelled.discard(rid)
+                self.current_id = None
+            log.info("%s #%s: %.1f ms", msg.type, rid, 1e3 * (time.perf_counter() - t))
+
+
+def _classify(e: BaseException) -> tuple[str, str]:
+    """(error kind, message) for an exception raised by a handler."""
+    if isinstance(e, RequestError):
+        return e.kind, str(e)
+    if isinstance(e, _Cancelled):
+        return "cancelled", "cancelled by the client"
+    from .images import ImageLoadError
+
+    if isinstance(e, ImageLoadError):
+        return "image", str(e)
+    try:
+        from .face import FaceError
+
+        if isinstance(e, FaceError):
+            return "no_face", str(e)
+    except ImportError:
+        pass
+    from .model.io import ModelLoadError
+
+    if isinstance(e, ModelLoadError):
+        return "model", str(e)
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return "bad_request", str(e)
+    if isinstance(e, MemoryError):
+        return "internal", "out of memory"
+    return "internal", f"{type(e).__name__}: {e}"
+
+
+def protect_stdout():
+    """Move the real stdout to a private fd, point fd 1 (and ``sys.stdout``) at stderr.
+
+    Returns the binary stream the protocol must write to."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+def serve_main(device: str = "auto", weights=None, embedder=None, verbose: bool = False) -> int:
+    """Entry point of ``fastavatar serve``; returns the exit status."""
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="[fastavatar-engine %(levelname)s] %(message)s")
+    out = protect_stdout()
+    inp = sys.stdin.buffer
+    try:
+        engine = Engine(device, weights, embedder)
+    except Exception as e:  # noqa: BLE001 - tell the client why, then exit
+        kind, text = _classify(e)
+        out.write(encode_frame(error_header(None, "model" if kind == "bad_request" else kind,
+                                            f"engine could not start: {text}")))
+        out.flush()
+        return 3
+    try:
+        # announce readiness so the client can time the start-up
+        out.write(encode_frame({"type": "ready", "protocol": PROTOCOL_VERSION, "engine_version": __version__,
+                                "device": str(engine.device), "model": engine.model_info(), "pid": os.getpid()}))
+        out.flush()
+        return Server(engine, inp, out).run()
+    finally:
+        engine.close()
+
+
+__all__ = ["Engine", "Server", "serve_main", "RequestError", "GAUSSIAN_ARRAYS"]
