@@ -382,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda[:N]")
     sv.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
     sv.add_argument("--embedder", default=None, help="identity backbone override (ArcFace .onnx / buffalo_l folder)")
+    sv.add_argument("--max-frame-mb", type=int, default=1024, help="largest request payload accepted (MiB)")
     sv.add_argument("--verbose", action="store_true", help="log every request on stderr")
     sv.set_defaults(func=cmd_serve)
 
@@ -408,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_serve(args) -> int:
     from .serve import serve_main
 
-    return serve_main(args.device, args.weights, args.embedder, args.verbose)
+    if not 1 <= args.max_frame_mb <= 1024:
+        raise CliError(f"--max-frame-mb must be in 1..1024, got {args.max_frame_mb}")
+    return serve_main(args.device, args.weights, args.embedder, args.verbose, args.max_frame_mb << 20)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,11 +172,13 @@ class FrameReader:
             chunk = self._read(min(n, 1 << 20), "a skipped frame")
             n -= len(chunk)
 
-    def _resync(self, seen: bytes) -> None:
-        """Drop bytes until the next MAGIC; leave it (and what follows) in the read-ahead buffer."""
+    def _resync(self, seen: bytes, start: int = 1) -> None:
+        """Drop bytes until the next MAGIC at or after ``seen[start]``; leave it (and what
+        follows) in the read-ahead buffer."""
         window = seen
-        for _ in range(MAX_RESYNC_BYTES // 4096 + 1):
-            i = window.find(MAGIC, 1)
+        for _ in range(MAX_RESYNC_BYTES // 4096 + len(seen) // 4096 + 1):
+            i = window.find(MAGIC, start)
+            start = 1
             if i >= 0:
                 self._buf = window[i:] + self._buf
                 return
@@ -199,14 +201,29 @@ class FrameReader:
             # otherwise look for the next magic
             msg = (f"frame too large: header {head_len} bytes (max {MAX_HEADER_BYTES}), "
                    f"payload {payload_len} bytes (max {self.max_payload})")
-            if head_len + payload_len <= MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES:
+            rid = None
+            if head_len <= MAX_HEADER_BYTES and payload_len <= MAX_PAYLOAD_BYTES:
+                try:  # read the header so the error can name the request
+                    rid = _parse_header(self._read(head_len, "a frame header")).get("id")
+                except FrameError:
+                    pass
+                self._skip(payload_len)
+            elif head_len + payload_len <= MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES:
                 self._skip(head_len + payload_len)
             else:
                 self._resync(b"")
-            raise FrameError(msg, in_sync=True)
+            raise FrameError(msg, in_sync=True, request_id=rid)
         raw = self._read(head_len, "a frame header")
         payload = self._read(payload_len, "a frame payload")
-        return _decode_body(raw, payload)
+        try:
+            header = _parse_header(raw)
+        except FrameError:
+            # a truncated frame followed by a good one: the good one's start is somewhere in the
+            # bytes just consumed; search them for the next magic instead of losing it
+            if MAGIC in raw or MAGIC in payload:
+                self._resync(raw + payload, start=0)
+            raise
+        return _decode_body(header, payload)
 
 
 def read_frame(stream, max_payload: int = MAX_PAYLOAD_BYTES) -> Message:
@@ -214,7 +231,7 @@ def read_frame(stream, max_payload: int = MAX_PAYLOAD_BYTES) -> Message:
     return FrameReader(stream, max_payload).next()
 
 
-def _decode_body(raw: bytes, payload: bytes) -> Message:
+def _parse_header(raw: bytes) -> dict:
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -224,6 +241,11 @@ def _decode_body(raw: bytes, payload: bytes) -> Message:
     rid = header.get("id")
     if rid is not None and (not isinstance(rid, int) or isinstance(rid, bool)):
         raise FrameError("'id' must be an integer")
+    return header
+
+
+def _decode_body(header: dict, payload: bytes) -> Message:
+    rid = header.get("id")
     arrays = {}
     specs = header.pop("arrays", [])
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:

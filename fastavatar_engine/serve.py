@@ -334,7 +334,8 @@ def protect_stdout():
     return os.fdopen(fd, "wb", buffering=0)
 
 
-def serve_main(device: str = "auto", weights=None, embedder=None, verbose: bool = False) -> int:
+def serve_main(device: str = "auto", weights=None, embedder=None, verbose: bool = False,
+               max_payload: int = MAX_PAYLOAD_BYTES) -> int:
     """Entry point of ``fastavatar serve``; returns the exit status."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -355,7 +356,7 @@ def serve_main(device: str = "auto", weights=None, embedder=None, verbose: bool 
         out.write(encode_frame({"type": "ready", "protocol": PROTOCOL_VERSION, "engine_version": __version__,
                                 "device": str(engine.device), "model": engine.model_info(), "pid": os.getpid()}))
         out.flush()
-        return Server(engine, inp, out).run()
+        return Server(engine, inp, out, max_payload=max_payload).run()
     finally:
         engine.close()
 

@@ -1,0 +1,166 @@
+"""``fastavatar serve`` as a real subprocess, driven by the numpy-only EngineClient."""
+
+import os
+import signal
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mediapipe")
+skimage_data = pytest.importorskip("skimage.data")
+
+from PIL import Image  # noqa: E402
+
+from fastavatar_engine.client import (  # noqa: E402
+    EngineClient, EngineCrashed, EngineError, EngineTimeout, engine_command,
+)
+from fastavatar_engine.model.io import FastAvatarModel  # noqa: E402
+from fastavatar_engine.protocol import GAUSSIAN_ARRAYS, MAGIC, encode_frame  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def engine():
+    client = EngineClient(engine_command(device="cpu") + ["--max-frame-mb", "8"], request_timeout=30)
+    client.start()
+    yield client
+    client.stop()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return FastAvatarModel.load()
+
+
+def _raw(client, data: bytes):
+    client.proc.stdin.write(data)
+    client.proc.stdin.flush()
+
+
+def test_hello_reports_protocol_device_and_model(engine):
+    info = engine.hello()
+    assert info["protocol"] == 1 and info["device"] == "cpu"
+    assert info["model"] == {"model_id": "fastavatar-default-v1", "code_dim": 512, "num_gaussians": 10144,
+                             "embedder": "dlib"}
+    assert info["pid"] == engine.proc.pid
+
+
+def test_generate_and_decode_equal_the_in_process_model(engine, model, astronaut):
+    g, code, header = engine.generate(str(astronaut))
+    assert code.shape == (512,) and len(g) == 10144
+    assert header["model_id"] == "fastavatar-default-v1" and len(header["camera"]["c2w_opengl"]) == 4
+    with torch.no_grad():
+        ref = model.decode(code).to_numpy()
+    for name in GAUSSIAN_ARRAYS:
+        np.testing.assert_allclose(getattr(g, name), getattr(ref, name), atol=1e-5, err_msg=name)
+    # pixels instead of a path give the same avatar
+    g2, code2, _ = engine.generate(pixels=skimage_data.astronaut())
+    np.testing.assert_allclose(code2, code, atol=1e-6)
+    # decode with a direction edit = decode of the moved code
+    d = np.zeros((2, 512), np.float32)
+    d[0, 3], d[1, 7] = 1.0, 1.0
+    g3, w3, _ = engine.decode(code, d, [0.5, -2.0])
+    expected = code.copy()
+    expected[3] += 0.5
+    expected[7] -= 2.0
+    np.testing.assert_allclose(w3, expected, atol=1e-6)
+    with torch.no_grad():
+        ref3 = model.decode(expected).to_numpy()
+    np.testing.assert_allclose(g3.means, ref3.means, atol=1e-5)
+
+
+def test_request_errors_are_structured(engine, astronaut, tmp_path):
+    bad = [
+        (lambda: engine.generate(pixels=np.full((120, 120, 3), 128, np.uint8)), "no_face", "no face"),
+        (lambda: engine.generate(str(tmp_path / "missing.png")), "image", "missing.png"),
+        (lambda: engine.decode(np.zeros(10, np.float32)), "bad_request", "512 values"),
+        (lambda: engine.decode(np.full(512, np.nan, np.float32)), "bad_request", "non-finite"),
+        (lambda: engine.decode(np.zeros(512), np.zeros((1, 512)), [1.0, 2.0]), "bad_request", "amounts"),
+        (lambda: engine.request("generate", {}), "bad_request", "image_path"),
+        (lambda: engine.request("generate", {"image_path": str(astronaut), "face_index": -1}), "bad_request",
+         "face_index"),
+        (lambda: engine.request("refine", {"image_path": str(astronaut), "steps": 0},
+                                {"code": np.zeros(512, np.float32)}), "bad_request", "steps"),
+        (lambda: engine.request("generate", {}, {"pixels": np.zeros((4, 4), np.uint8)}), "bad_request", "pixels"),
+        (lambda: engine.request("launch_rockets"), "bad_request", "unknown request"),
+        (lambda: engine.request("hello", {"protocol": 99}), "version", "protocol 99"),
+    ]
+    for call, kind, text in bad:
+        with pytest.raises(EngineError, match=text) as info:
+            call()
+        assert info.value.kind == kind
+    assert engine.alive and engine.hello()["protocol"] == 1
+
+
+def test_malformed_and_oversized_frames_leave_the_engine_alive(engine):
+    pid = engine.proc.pid
+    frames = [
+        b"\x00" * 7,
+        b"hello world, this is not a frame" * 100,
+        struct.pack("<4sIQ", MAGIC, 5, 0) + b"{oops",
+        struct.pack("<4sIQ", MAGIC, 2**31, 2**40),  # absurd sizes: resynchronises on the next magic
+        encode_frame({"type": "decode", "id": 10_000}) [:20] + b"garbage",
+    ]
+    for data in frames:
+        _raw(engine, data)
+    # a real frame after the garbage is still answered, by the same process
+    assert engine.hello()["pid"] == pid
+    # a frame above the engine's limit (8 MiB here) is skipped whole and answered with an error
+    with pytest.raises(EngineError, match="too large") as info:
+        engine.request("decode", {}, {"code": np.zeros(3 << 20, np.float32)})
+    assert info.value.kind == "protocol"
+    assert engine.hello()["pid"] == pid
+
+
+def test_refine_streams_progress_and_cancels(engine, astronaut):
+    _, code, _ = engine.generate(str(astronaut))
+    events = []
+    g, code2, header = engine.refine(code, str(astronaut), steps=3, progress=events.append)
+    assert [e["step"] for e in events] == [1, 2, 3] and all(e["total"] == 3 for e in events)
+    assert header["refined_steps"] == 3 and not np.array_equal(code2, code)
+    seen = []
+
+    def cancel():
+        return len(seen) >= 1
+
+    with pytest.raises(EngineError) as info:
+        engine.refine(code, str(astronaut), steps=500, progress=seen.append, cancel=cancel)
+    assert info.value.kind == "cancelled" and len(seen) < 50
+    assert engine.hello()["protocol"] == 1
+
+
+def test_killed_engine_is_reported_and_replaced(astronaut):
+    client = EngineClient(engine_command(device="cpu"), request_timeout=60)
+    try:
+        client.start()
+        first = client.proc.pid
+        _, code, _ = client.generate(str(astronaut))
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(EngineCrashed, match="stopped"):
+            client.decode(code)
+        assert client.hello()["pid"] != first  # a fresh engine on the next request
+        # a hung engine: SIGSTOP it, the request times out and the engine is replaced
+        hung = client.proc.pid
+        os.kill(hung, signal.SIGSTOP)
+        with pytest.raises(EngineTimeout):
+            client.request("hello", timeout=2)
+        assert client.hello()["pid"] not in (first, hung)
+    finally:
+        client.stop()
+
+
+def test_engine_that_cannot_start_says_why(tmp_path):
+    client = EngineClient(engine_command(device="cpu", weights=str(tmp_path / "nowhere")), start_timeout=60)
+    with pytest.raises(EngineError, match="nowhere") as info:
+        client.start()
+    assert info.value.kind == "model"
+    with pytest.raises(Exception, match="cannot start"):
+        EngineClient([str(tmp_path / "no-python"), "-m", "x"]).start()
