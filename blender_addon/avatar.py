@@ -1,0 +1,313 @@
+"""Avatar objects: Gaussians as a vertices-only mesh with INRIA-named point attributes.
+
+The mesh holds the engine's arrays exactly, in the engine's frame (FLAME head frame: y up,
+metres, face towards +z): vertex positions = ``means``; float POINT attributes ``f_dc_0..2``,
+``f_rest_0..44`` (channel-major, as in the INRIA PLY), ``opacity`` (logit), ``scale_0..2``
+(log std-dev, metres) and ``rot_0..3`` (quaternion w,x,y,z, as predicted, not normalised).
+The *object* transform turns y-up into Blender's z-up: rotation +90 deg about X, which maps
+(x, y, z) -> (x, -z, y) (= ``fastavatar_engine.cameras.YUP_TO_BLENDER``), placed at the 3D cursor.
+
+Display: a geometry-nodes modifier instances an ico sphere per splat, rotated by ``rot``
+(normalised by the node), scaled by ``splat_scale`` x exp(scale) (a 2-sigma ellipsoid by default),
+and stores ``fa_color`` = clamp(0.5 + C0 f_dc) and ``fa_alpha`` = sigmoid(opacity) on the points,
+which the instances inherit; the material (emission mixed with transparency, fading towards
+the silhouette) reads them as instancer attributes. Renders in EEVEE and Cycles.
+
+The avatar's code w (float64 ID-property array, exact for float32 codes), model id, source photo
+and bookkeeping live on the object (``obj["fastavatar_code"]``, ``obj.fastavatar``), so a saved
+.blend reopens with everything intact. numpy + bpy only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import bpy
+import numpy as np
+
+SH_C0 = 0.28209479177387814
+NUM_REST = 45
+CODE_KEY = "fastavatar_code"
+NODE_GROUP = "FastAvatar Splats"
+MATERIAL = "FastAvatar Splat"
+
+
+def inria_attribute_names() -> list[str]:
+    """The per-splat float attribute names, in INRIA PLY order (positions are the vertices)."""
+    return ([f"f_dc_{i}" for i in range(3)] + [f"f_rest_{i}" for i in range(NUM_REST)] + ["opacity"]
+            + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+
+
+def gaussian_columns(g) -> dict[str, np.ndarray]:
+    """name -> float32 [N] column for a GaussianSet ``g`` (SH [N,16,3]: f_rest channel-major)."""
+    n = len(g)
+    sh = np.asarray(g.sh, np.float32)
+    cols = {f"f_dc_{c}": sh[:, 0, c] for c in range(3)}
+    rest = np.zeros((n, 3, 15), np.float32)
+    k = min(sh.shape[1] - 1, 15)
+    rest[:, :, :k] = sh[:, 1:1 + k, :].transpose(0, 2, 1)
+    rest = rest.reshape(n, NUM_REST)
+    cols.update({f"f_rest_{i}": rest[:, i] for i in range(NUM_REST)})
+    cols["opacity"] = np.asarray(g.opacity_logits, np.float32)
+    cols.update({f"scale_{i}": np.asarray(g.log_scales, np.float32)[:, i] for i in range(3)})
+    cols.update({f"rot_{i}": np.asarray(g.rotations, np.float32)[:, i] for i in range(4)})
+    return {k: np.ascontiguousarray(v) for k, v in cols.items()}
+
+
+def write_gaussians(mesh, g) -> None:
+    """Resize ``mesh`` to ``len(g)`` vertices (vertices only) and write positions and every
+    INRIA attribute from the GaussianSet ``g`` (engine frame). Raises ValueError for invalid ``g``."""
+    g.validate()
+    n = len(g)
+    if len(mesh.vertices) != n or len(mesh.edges) or len(mesh.polygons):
+        mesh.clear_geometry()
+        mesh.vertices.add(n)
+    mesh.vertices.foreach_set("co", np.ascontiguousarray(g.means, np.float32).ravel())
+    for name, col in gaussian_columns(g).items():
+        attr = mesh.attributes.get(name)
+        if attr is None or attr.data_type != "FLOAT" or attr.domain != "POINT":
+            if attr is not None:
+                mesh.attributes.remove(attr)
+            attr = mesh.attributes.new(name, "FLOAT", "POINT")
+        attr.data.foreach_set("value", col)
+    mesh.update()
+
+
+def read_gaussians(mesh):
+    """The GaussianSet stored in ``mesh`` (inverse of :func:`write_gaussians`).
+    Raises KeyError naming a missing attribute."""
+    from fastavatar_engine.gaussians import GaussianSet
+
+    n = len(mesh.vertices)
+    co = np.empty(n * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    cols = {}
+    for name in inria_attribute_names():
+        attr = mesh.attributes.get(name)
+        if attr is None:
+            raise KeyError(f"mesh {mesh.name!r} has no attribute {name!r}: not a FastAvatar avatar")
+        a = np.empty(n, np.float32)
+        attr.data.foreach_get("value", a)
+        cols[name] = a
+    sh = np.zeros((n, 16, 3), np.float32)
+    sh[:, 0] = np.stack([cols[f"f_dc_{c}"] for c in range(3)], 1)
+    rest = np.stack([cols[f"f_rest_{i}"] for i in range(NUM_REST)], 1).reshape(n, 3, 15)
+    sh[:, 1:] = rest.transpose(0, 2, 1)
+    return GaussianSet(co.reshape(n, 3), np.stack([cols[f"scale_{i}"] for i in range(3)], 1),
+                       np.stack([cols[f"rot_{i}"] for i in range(4)], 1), cols["opacity"], sh)
+
+
+# ---------------------------------------------------------------------- display
+def _link(ng, a, out, b, inp):
+    ng.links.new(a.outputs[out], b.inputs[inp])
+
+
+def _named(ng, name, x, y):
+    node = ng.nodes.new("GeometryNodeInputNamedAttribute")
+    node.data_type = "FLOAT"
+    node.inputs["Name"].default_value = name
+    node.location = (x, y)
+    return node
+
+
+def _math(ng, op, x, y, a=None, b=None):
+    node = ng.nodes.new("ShaderNodeMath")
+    node.operation = op
+    node.location = (x, y)
+    if a is not None:
+        node.inputs[0].default_value = a
+    if b is not None:
+        node.inputs[1].default_value = b
+    return node
+
+
+def splat_node_group():
+    """The shared geometry-nodes group that displays splats (created once per .blend)."""
+    ng = bpy.data.node_groups.get(NODE_GROUP)
+    if ng is not None:
+        return ng
+    ng = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
+    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    scale_socket = ng.interface.new_socket("Splat Scale", in_out="INPUT", socket_type="NodeSocketFloat")
+    scale_socket.default_value, scale_socket.min_value, scale_socket.max_value = 2.0, 0.0, 10.0
+    sub = ng.interface.new_socket("Subdivisions", in_out="INPUT", socket_type="NodeSocketInt")
+    sub.default_value, sub.min_value, sub.max_value = 2, 1, 4
+    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    n_in = ng.nodes.new("NodeGroupInput")
+    n_in.location = (-1400, 0)
+    n_out = ng.nodes.new("NodeGroupOutput")
+    n_out.location = (900, 0)
+
+    # colour = clamp(0.5 + C0 * f_dc), stored on the points (instances inherit point attributes)
+    comb = ng.nodes.new("ShaderNodeCombineXYZ")
+    comb.location = (-600, 400)
+    for c in range(3):
+        dc = _named(ng, f"f_dc_{c}", -1200, 500 - 120 * c)
+        m = _math(ng, "MULTIPLY_ADD", -900, 500 - 120 * c, None, SH_C0)
+        m.inputs[2].default_value = 0.5
+        m.use_clamp = True
+        _link(ng, dc, "Attribute", m, 0)
+        _link(ng, m, 0, comb, c)
+    store_c = ng.nodes.new("GeometryNodeStoreNamedAttribute")
+    store_c.data_type = "FLOAT_COLOR"
+    store_c.domain = "POINT"
+    store_c.inputs["Name"].default_value = "fa_color"
+    store_c.location = (-350, 200)
+    _link(ng, n_in, 0, store_c, "Geometry")
+    _link(ng, comb, 0, store_c, "Value")
+
+    # alpha = sigmoid(opacity) = 1 / (1 + exp(-opacity))
+    op = _named(ng, "opacity", -1200, 0)
+    neg = _math(ng, "MULTIPLY", -1000, 0, None, -1.0)
+    ex = _math(ng, "EXPONENT", -850, 0)
+    add = _math(ng, "ADD", -700, 0, None, 1.0)
+    inv = _math(ng, "DIVIDE", -550, 0, 1.0)
+    _link(ng, op, "Attribute", neg, 0)
+    _link(ng, neg, 0, ex, 0)
+    _link(ng, ex, 0, add, 0)
+    _link(ng, add, 0, inv, 1)
+    store_a = ng.nodes.new("GeometryNodeStoreNamedAttribute")
+    store_a.data_type = "FLOAT"
+    store_a.domain = "POINT"
+    store_a.inputs["Name"].default_value = "fa_alpha"
+    store_a.location = (-150, 200)
+    _link(ng, store_c, "Geometry", store_a, "Geometry")
+    _link(ng, inv, 0, store_a, "Value")
+
+    # rotation from rot_0..3 (w, x, y, z); scale = splat_scale * exp(log-scale)
+    q = ng.nodes.new("FunctionNodeQuaternionToRotation")
+    q.location = (-600, -300)
+    for i, sock in enumerate(("W", "X", "Y", "Z")):
+        _link(ng, _named(ng, f"rot_{i}", -900, -250 - 110 * i), "Attribute", q, sock)
+    sc = ng.nodes.new("ShaderNodeCombineXYZ")
+    sc.location = (-600, -750)
+    for i in range(3):
+        e = _math(ng, "EXPONENT", -900, -700 - 110 * i)
+        _link(ng, _named(ng, f"scale_{i}", -1150, -700 - 110 * i), "Attribute", e, 0)
+        _link(ng, e, 0, sc, i)
+    vs = ng.nodes.new("ShaderNodeVectorMath")
+    vs.operation = "SCALE"
+    vs.location = (-400, -750)
+    _link(ng, sc, 0, vs, 0)
+    _link(ng, n_in, 1, vs, "Scale")
+
+    ico = ng.nodes.new("GeometryNodeMeshIcoSphere")
+    ico.location = (-400, -100)
+    ico.inputs["Radius"].default_value = 1.0
+    _link(ng, n_in, 2, ico, "Subdivisions")
+    smooth = ng.nodes.new("GeometryNodeSetShadeSmooth")
+    smooth.location = (-200, -100)
+    _link(ng, ico, "Mesh", smooth, "Geometry")
+    setmat = ng.nodes.new("GeometryNodeSetMaterial")
+    setmat.location = (0, -100)
+    setmat.inputs["Material"].default_value = splat_material()
+    _link(ng, smooth, "Geometry", setmat, "Geometry")
+
+    inst = ng.nodes.new("GeometryNodeInstanceOnPoints")
+    inst.location = (300, 100)
+    _link(ng, store_a, "Geometry", inst, "Points")
+    _link(ng, setmat, "Geometry", inst, "Instance")
+    _link(ng, q, "Rotation", inst, "Rotation")
+    _link(ng, vs, "Vector", inst, "Scale")
+    _link(ng, inst, "Instances", n_out, 0)
+    return ng
+
+
+def splat_material():
+    """Emission x transparency material reading ``fa_color`` / ``fa_alpha`` from the instancer."""
+    mat = bpy.data.materials.get(MATERIAL)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(MATERIAL)
+    mat.use_nodes = True
+    for attr, value in (("blend_method", "BLEND"), ("surface_render_method", "BLENDED"),
+                        ("use_transparency_overlap", True), ("show_transparent_back", True)):
+        if hasattr(mat, attr):
+            try:
+                setattr(mat, attr, value)
+            except (TypeError, ValueError):
+                pass
+    nt = mat.node_tree
+    nt.nodes.clear()
+    out = nt.nodes.new("ShaderNodeOutputMaterial")
+    out.location = (600, 0)
+    col = nt.nodes.new("ShaderNodeAttribute")
+    col.attribute_type = "INSTANCER"
+    col.attribute_name = "fa_color"
+    col.location = (-400, 100)
+    alpha = nt.nodes.new("ShaderNodeAttribute")
+    alpha.attribute_type = "INSTANCER"
+    alpha.attribute_name = "fa_alpha"
+    alpha.location = (-400, -150)
+    lw = nt.nodes.new("ShaderNodeLayerWeight")
+    lw.inputs["Blend"].default_value = 0.5
+    lw.location = (-400, -350)
+    fade = nt.nodes.new("ShaderNodeMath")  # 1 - facing: opaque at the centre, clear at the rim
+    fade.operation = "SUBTRACT"
+    fade.inputs[0].default_value = 1.0
+    fade.location = (-200, -350)
+    nt.links.new(lw.outputs["Facing"], fade.inputs[1])
+    mul = nt.nodes.new("ShaderNodeMath")
+    mul.operation = "MULTIPLY"
+    mul.use_clamp = True
+    mul.location = (0, -200)
+    nt.links.new(alpha.outputs["Fac"], mul.inputs[0])
+    nt.links.new(fade.outputs[0], mul.inputs[1])
+    emit = nt.nodes.new("ShaderNodeEmission")
+    emit.location = (0, 100)
+    nt.links.new(col.outputs["Color"], emit.inputs["Color"])
+    transp = nt.nodes.new("ShaderNodeBsdfTransparent")
+    transp.location = (0, 250)
+    mix = nt.nodes.new("ShaderNodeMixShader")
+    mix.location = (300, 100)
+    nt.links.new(mul.outputs[0], mix.inputs["Fac"])
+    nt.links.new(transp.outputs[0], mix.inputs[1])
+    nt.links.new(emit.outputs[0], mix.inputs[2])
+    nt.links.new(mix.outputs[0], out.inputs["Surface"])
+    return mat
+
+
+# ---------------------------------------------------------------------- objects
+def is_avatar(obj) -> bool:
+    return obj is not None and obj.type == "MESH" and CODE_KEY in obj
+
+
+def get_code(obj) -> np.ndarray:
+    """The avatar's code w as float32 [D]; KeyError when ``obj`` is not an avatar."""
+    return np.asarray(obj[CODE_KEY], dtype=np.float64).astype(np.float32)
+
+
+def create_avatar_object(context, g, code, *, name: str = "Avatar", model_id: str = "", photo: str = "",
+                         face_index: int = -1, camera: dict | None = None, refined_steps: int = 0,
+                         location=None):
+    """Create and link the avatar object in the active collection; returns it.
+
+    ``g``: GaussianSet (engine frame); ``code``: [D] float32; ``location``: world position
+    (default: the 3D cursor). The object is rotated +90 deg about X (y-up -> z-up)."""
+    mesh = bpy.data.meshes.new(name)
+    write_gaussians(mesh, g)
+    obj = bpy.data.objects.new(name, mesh)
+    obj.rotation_mode = "XYZ"
+    obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    obj.location = context.scene.cursor.location.copy() if location is None else location
+    (context.collection or context.scene.collection).objects.link(obj)
+    set_avatar_metadata(obj, code, model_id=model_id, photo=photo, face_index=face_index, camera=camera,
+                        refined_steps=refined_steps)
+    mod = obj.modifiers.new("FastAvatar Splats", "NODES")
+    mod.node_group = splat_node_group()
+    return obj
+
+
+def set_avatar_metadata(obj, code, *, model_id: str, photo: str, face_index: int = -1, camera=None,
+                        refined_steps: int = 0) -> None:
+    """Store the code and provenance on ``obj`` (ID properties + the ``fastavatar`` group)."""
+    import json
+
+    obj[CODE_KEY] = [float(v) for v in np.asarray(code, np.float32)]
+    props = obj.fastavatar
+    props.is_avatar = True
+    props.model_id = model_id
+    props.photo = photo or ""
+    props.face_index = face_index
+    props.refined_steps = refined_steps
+    props.camera_json = json.dumps(camera) if camera else ""

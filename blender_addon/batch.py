@@ -1,0 +1,202 @@
+"""Headless batch: one avatar .blend (and optionally a PLY and a Cycles render) per photo.
+
+Run it with Blender::
+
+    blender -b --python blender_addon/batch.py -- PHOTOS_DIR OUT_DIR [--render] [--ply]
+
+or with Blender as a Python module (``pip install bpy``, in the engine's environment)::
+
+    python blender_addon/batch.py PHOTOS_DIR OUT_DIR [--render] [--ply]
+    python blender_addon/batch.py out/astronaut.png out --name avatar --render --ply
+
+Inputs are photo files and/or folders (their .jpg/.jpeg/.png/.webp/.bmp/.tif files, sorted).
+For each photo it starts from an empty scene, runs the add-on's Generate Avatar (synchronously:
+timers do not fire in background mode), frames a camera on the face, and writes
+``OUT_DIR/<name>.blend`` (+ ``<name>.ply``, ``<name>.png``). A photo that fails (no face,
+unreadable file, engine error) is reported and skipped; the summary (also written to
+``OUT_DIR/batch_summary.json``) lists every photo's outcome, and the exit status is 1 when any
+failed. The engine is started once and kept warm for the whole batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _script_args(argv: list[str]) -> list[str]:
+    return argv[argv.index("--") + 1:] if "--" in argv else argv[1:]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="batch.py", description="FastAvatar headless batch: photos -> avatar .blend files")
+    p.add_argument("inputs", nargs="+", help="photo files and/or folders of photos, then the output folder last")
+    p.add_argument("--name", help="output name (only with a single photo; default: the photo's stem)")
+    p.add_argument("--render", action="store_true", help="also render <name>.png with Cycles")
+    p.add_argument("--ply", action="store_true", help="also write <name>.ply (INRIA 3DGS, engine frame: y up)")
+    p.add_argument("--samples", type=int, default=32, help="Cycles samples (default 32)")
+    p.add_argument("--resolution", type=int, default=512, help="render width and height in pixels (default 512)")
+    p.add_argument("--face-index", type=int, default=-1, help="which face (-1: the largest)")
+    args = p.parse_args(argv)
+    if len(args.inputs) < 2:
+        p.error("give at least one photo or folder and the output folder")
+    args.out = Path(args.inputs[-1])
+    args.inputs = [Path(x) for x in args.inputs[:-1]]
+    return args
+
+
+def collect_photos(inputs) -> list[Path]:
+    photos = []
+    for item in inputs:
+        if item.is_dir():
+            photos += sorted(p for p in item.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        else:
+            photos.append(item)
+    return photos
+
+
+def ensure_addon():
+    """Register the add-on: the installed extension when enabled, else this folder's package."""
+    import bpy
+
+    if hasattr(bpy.types.Scene, "fastavatar"):
+        return
+    import addon_utils
+
+    for mod in addon_utils.modules():
+        if mod.__name__.endswith(".fastavatar") and mod.__name__.startswith("bl_ext."):
+            addon_utils.enable(mod.__name__, default_set=True)
+            if hasattr(bpy.types.Scene, "fastavatar"):
+                return
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here.parent))
+    import importlib
+
+    importlib.import_module(here.name).register()
+
+
+def frame_camera(scene, obj, resolution: int):
+    """Add a camera looking at the avatar's face (the face points along -Y in Blender)."""
+    import bpy
+    import numpy as np
+    from mathutils import Vector
+
+    n = len(obj.data.vertices)
+    co = np.empty(n * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    centre = obj.matrix_world @ Vector(np.median(co.reshape(n, 3), axis=0).tolist())
+    cam_data = bpy.data.cameras.new("FastAvatar Camera")
+    cam_data.lens_unit = "FOV"
+    cam_data.angle = math.radians(25.0)
+    cam = bpy.data.objects.new("FastAvatar Camera", cam_data)
+    scene.collection.objects.link(cam)
+    cam.location = centre + Vector((0.0, -0.75, 0.06))
+    cam.rotation_euler = (centre - cam.location).to_track_quat("-Z", "Y").to_euler()
+    scene.camera = cam
+    scene.render.resolution_x = scene.render.resolution_y = resolution
+    scene.render.resolution_percentage = 100
+    return cam
+
+
+def setup_cycles(scene, samples: int):
+    import bpy
+
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = samples
+    scene.cycles.use_denoising = False
+    scene.cycles.transparent_max_bounces = 256  # splats overlap many times along a ray
+    scene.cycles.max_bounces = 256
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("World")
+    scene.world.use_nodes = True
+    bg = scene.world.node_tree.nodes.get("Background")
+    bg.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
+    bg.inputs["Strength"].default_value = 1.0
+    scene.view_settings.view_transform = "Standard"  # splat colours are display colours
+    scene.render.image_settings.file_format = "PNG"
+
+
+def process(photo: Path, out_dir: Path, name: str, args) -> dict:
+    import bpy
+
+    from fastavatar_engine.ply import write_ply
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.fastavatar.photo_path = str(photo.resolve())
+    scene.fastavatar.face_index = args.face_index
+    t = time.perf_counter()
+    result = bpy.ops.fastavatar.generate()
+    if result != {"FINISHED"}:
+        raise RuntimeError(scene.fastavatar.status or "Generate Avatar failed")
+    obj = bpy.context.active_object
+    row = {"photo": str(photo), "object": obj.name, "splats": len(obj.data.vertices),
+           "generate_s": round(time.perf_counter() - t, 3)}
+    frame_camera(scene, obj, args.resolution)
+    setup_cycles(scene, args.samples)
+    if args.ply:
+        g = _avatar_module().read_gaussians(obj.data)
+        row["ply"] = str(write_ply(out_dir / f"{name}.ply", g))
+    blend = out_dir / f"{name}.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
+    row["blend"] = str(blend)
+    if args.render:
+        t = time.perf_counter()
+        scene.render.filepath = str((out_dir / f"{name}.png").resolve())
+        bpy.ops.render.render(write_still=True)
+        row["png"] = scene.render.filepath
+        row["render_s"] = round(time.perf_counter() - t, 1)
+    return row
+
+
+def _avatar_module():
+    for name, mod in sys.modules.items():
+        if name.endswith(".avatar") and hasattr(mod, "read_gaussians"):
+            return mod
+    raise ImportError("FastAvatar add-on avatar module not loaded")
+
+
+def main(argv=None) -> int:
+    args = parse_args(_script_args(sys.argv if argv is None else argv))
+    import bpy  # noqa: F401  (Blender or the bpy module)
+
+    ensure_addon()
+    photos = collect_photos(args.inputs)
+    if not photos:
+        print("batch: no photos found in " + ", ".join(map(str, args.inputs)), file=sys.stderr)
+        return 1
+    if args.name and len(photos) > 1:
+        print("batch: --name needs a single photo", file=sys.stderr)
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, used = [], set()
+    for photo in photos:
+        name = args.name or photo.stem
+        while name in used:
+            name += "_1"
+        used.add(name)
+        try:
+            row = process(photo, args.out, name, args)
+            row["ok"] = True
+            print(f"batch: {photo} -> {row['blend']}", flush=True)
+        except Exception as e:  # noqa: BLE001 - continue with the next photo
+            row = {"photo": str(photo), "ok": False, "error": str(e).splitlines()[0]}
+            print(f"batch: {photo} FAILED: {row['error']}", file=sys.stderr, flush=True)
+        rows.append(row)
+    failed = [r for r in rows if not r["ok"]]
+    summary = {"photos": len(rows), "succeeded": len(rows) - len(failed), "failed": len(failed), "results": rows}
+    (args.out / "batch_summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"} |
+                     {"failures": [(r["photo"], r["error"]) for r in failed]}), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
