@@ -125,6 +125,7 @@ def build(download: bool = True, dist: Path = DIST) -> Path:
             if f.is_file() and "__pycache__" not in f.parts and f.name != "blender_manifest.toml":
                 zf.write(f, f.relative_to(ADDON).as_posix())
         zf.writestr("blender_manifest.toml", manifest)
+        zf.write(ROOT / "constraints.txt", "constraints.txt")  # Install Engine pins the checked set
         for w in wheels:
             zf.write(w, f"wheels/{w.name}")
     tmp.replace(zip_path)

@@ -1,0 +1,162 @@
+"""The Blender extension with Blender as a Python module (bpy 4.5), driven in subprocesses
+(tests/blender/driver.py) against a real engine subprocess; checked here with numpy, torch and
+the engine's own model, independently of the add-on's code."""
+
+import importlib.util
+import json
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("bpy") is None:  # not imported here: bpy runs in the driver subprocesses only
+    pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*)", allow_module_level=True)
+pytest.importorskip("mediapipe")
+skimage_data = pytest.importorskip("skimage.data")
+
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DRIVER = ROOT / "tests" / "blender" / "driver.py"
+SH_C0 = 0.28209479177387814
+
+
+def run_driver(scenario, out: Path, *args, env=None, timeout=600):
+    proc = subprocess.run([sys.executable, str(DRIVER), scenario, str(out), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    Image.fromarray(skimage_data.astronaut()).save(d / "astronaut.png")
+    Image.fromarray(np.full((200, 200, 3), 120, np.uint8)).save(d / "grey.png")
+    return d
+
+
+def test_register_and_unregister_cleanly(tmp_path):
+    r = run_driver("register", tmp_path)
+    assert r["operators"] == [True, True, True] and r["panel"]
+    assert r["after_unregister"] == [False, False]
+
+
+@pytest.fixture(scope="module")
+def generated(photos, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen")
+    return out, run_driver("generate", out, photos / "astronaut.png", photos / "grey.png")
+
+
+def test_generate_avatar_attributes_equal_the_engine_arrays(generated, photos):
+    from fastavatar_engine.generate import AvatarGenerator
+
+    out, r = generated
+    assert r["op"] == [["FINISHED"], ""]
+    obj = r["object"]
+    assert obj["vertices"] == 10144 and obj["edges"] == 0 and obj["faces"] == 0  # vertices only
+    assert obj["model_id"] == "fastavatar-default-v1" and obj["photo"].endswith("astronaut.png")
+    assert obj["modifiers"] == ["NODES"] and obj["node_group"] == "FastAvatar Splats" and obj["camera_json"]
+    data = np.load(out / "generated.npz")
+    # an independent engine run on the same photo
+    with AvatarGenerator() as gen:
+        avatar = gen.generate(str(photos / "astronaut.png"))
+    np.testing.assert_allclose(data["code"], avatar.code, atol=1e-6)
+    g = avatar.gaussians
+    np.testing.assert_allclose(data["co"], g.means, atol=1e-5)
+    rest = g.sh[:, 1:, :].transpose(0, 2, 1).reshape(len(g), 45)  # INRIA channel-major f_rest
+    expected = {**{f"f_dc_{c}": g.sh[:, 0, c] for c in range(3)}, **{f"f_rest_{i}": rest[:, i] for i in range(45)},
+                "opacity": g.opacity_logits, **{f"scale_{i}": g.log_scales[:, i] for i in range(3)},
+                **{f"rot_{i}": g.rotations[:, i] for i in range(4)}}
+    for name, values in expected.items():
+        np.testing.assert_allclose(data[name], values, atol=1e-5, err_msg=name)
+    # placed z-up at the 3D cursor (1, 2, 3): rotation +90 deg about X maps (x, y, z) -> (x, -z, y)
+    m = data["matrix_world"]
+    np.testing.assert_allclose(m[:3, 3], [1, 2, 3], atol=1e-6)
+    np.testing.assert_allclose(m[:3, :3] @ np.array([0.3, 0.5, 0.7]), [0.3, -0.7, 0.5], atol=1e-6)
+    # the displayed splats: one instance per point at the point, scaled 2 * exp(log-scale), rotated by rot
+    inst = np.load(out / "instances.npy")
+    assert inst.shape == (10144, 4, 4)
+    i = 123
+    local = np.linalg.inv(m) @ inst[i]
+    np.testing.assert_allclose(local[:3, 3], g.means[i], atol=1e-5)
+    q = g.rotations[i] / np.linalg.norm(g.rotations[i])
+    w, x, y, z = q
+    R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                  [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    np.testing.assert_allclose(local[:3, :3], R * (2.0 * np.exp(g.log_scales[i])), rtol=1e-3, atol=1e-7)
+
+
+
+def test_faults_leave_the_scene_untouched_with_clear_messages(generated):
+    _, r = generated
+    assert r["no_face_op"][0] == ["CANCELLED"] and "No face found" in r["no_face_status"] and r["objects_unchanged"]
+    assert r["killed_op"][0] == ["CANCELLED"] and "engine stopped unexpectedly" in r["killed_status"]
+    assert r["objects_unchanged_after_kill"]
+    assert r["again_op"] == [["FINISHED"], ""] and r["new_pid"]  # a fresh engine on the next request
+
+
+def test_saved_blend_reopens_with_avatar_attributes_and_code(generated):
+    out, r = generated
+    assert r["reloaded"] == r["object"]
+    a, b = np.load(out / "generated.npz"), np.load(out / "reloaded.npz")
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_missing_engine_says_so(photos, tmp_path):
+    r = run_driver("no_engine", tmp_path, photos / "astronaut.png")
+    assert r["op"][0] == ["CANCELLED"] and "does not exist" in r["status"] and r["objects"] == 0
+
+
+def test_headless_batch_continues_past_failures_and_renders(photos, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "blender_addon" / "batch.py"), str(photos), str(out),
+                           "--render", "--ply", "--samples", "4", "--resolution", "128"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 1, proc.stderr[-2000:]  # grey.png has no face
+    summary = json.loads((out / "batch_summary.json").read_text())
+    assert summary["photos"] == 2 and summary["succeeded"] == 1 and summary["failed"] == 1
+    bad = [r for r in summary["results"] if not r["ok"]][0]
+    assert bad["photo"].endswith("grey.png") and "No face" in bad["error"]
+    assert (out / "astronaut.blend").is_file() and not (out / "grey.blend").exists()
+    from fastavatar_engine.ply import read_ply
+
+    assert len(read_ply(out / "astronaut.ply")) == 10144
+    img = np.asarray(Image.open(out / "astronaut.png").convert("RGB"), np.float32)
+    assert img.shape == (128, 128, 3)
+    # a head in the middle on a white background: the centre differs from the corners
+    assert img[:8, :8].mean() > 240 and img[48:80, 48:80].mean() < 220
+
+
+def test_extension_zip_installs_and_enables(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    import build_addon
+
+    zip_path = build_addon.build(download=True, dist=tmp_path / "dist")
+    with zipfile.ZipFile(zip_path) as zf:
+        assert {"batch.py", "avatar.py", "engine.py", "constraints.txt"} <= set(zf.namelist())
+    env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
+    script = f"""
+import bpy, addon_utils, json, sys
+bpy.ops.extensions.package_install_files(filepath={str(zip_path)!r}, repo='user_default', enable_on_install=True)
+mods = [m for m in addon_utils.modules() if m.__name__.endswith('.fastavatar')]
+enabled = [m.__name__ for m in mods if addon_utils.check(m.__name__)[1]]
+ok = hasattr(bpy.types.Scene, 'fastavatar') and hasattr(bpy.ops.fastavatar, 'generate')
+import fastavatar_engine.protocol as p
+for name in enabled:
+    addon_utils.disable(name)
+print(json.dumps({{'enabled': enabled, 'ok': ok, 'protocol': p.PROTOCOL_VERSION, 'gone': not hasattr(bpy.types.Scene, 'fastavatar')}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["enabled"] == ["bl_ext.user_default.fastavatar"] and r["ok"] and r["protocol"] == 1 and r["gone"]
+
