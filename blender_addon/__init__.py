@@ -160,14 +160,11 @@ class FASTAVATAR_OT_generate(bpy.types.Operator):
     def execute(self, context):  # synchronous: background mode, scripts, redo
         try:
             path, pixels, label, fi = self._prepare(context)
-            job = engine.Job(lambda progress, cancelled: generate_avatar(path, pixels, fi, progress)).run_sync()
-            if job.error is not None:
-                raise job.error
-            obj = _apply_result(context, job.result, label, fi)
-        except (ValueError, engine.EngineNotInstalled, Exception) as e:  # noqa: BLE001
-            msg = e if isinstance(e, ValueError) else engine.describe_error(e)
-            context.scene.fastavatar.status = str(msg)
-            self.report({"ERROR"}, str(msg))
+            obj = _apply_result(context, generate_avatar(path, pixels, fi), label, fi)
+        except Exception as e:  # noqa: BLE001 - every failure ends as a message, the scene untouched
+            msg = str(e) if isinstance(e, ValueError) else engine.describe_error(e)
+            context.scene.fastavatar.status = msg
+            self.report({"ERROR"}, msg)
             return {"CANCELLED"}
         context.scene.fastavatar.status = f"Created {obj.name} ({len(obj.data.vertices)} splats)"
         self.report({"INFO"}, context.scene.fastavatar.status)
@@ -235,15 +232,11 @@ def install_commands(venv: Path, wheel: Path, constraints: Path | None, python: 
     vpy = str(engine.venv_python(venv))
     pin = ["-c", str(constraints)] if constraints is not None and constraints.is_file() else []
     return [
-        [python or _base_python(), "-m", "venv", str(venv)],
+        [python or sys.executable, "-m", "venv", str(venv)],
         [vpy, "-m", "pip", "install", "--upgrade", "pip"],
         [vpy, "-m", "pip", "install", "torch==2.13.0"],
         [vpy, "-m", "pip", "install", *pin, f"{wheel}[engine,face]"],
     ]
-
-
-def _base_python() -> str:
-    return sys.executable
 
 
 def _bundled_wheel() -> Path:

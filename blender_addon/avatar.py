@@ -269,6 +269,7 @@ def splat_material():
 
 # ---------------------------------------------------------------------- objects
 def is_avatar(obj) -> bool:
+    """Whether ``obj`` is a FastAvatar avatar (a mesh object carrying a code)."""
     return obj is not None and obj.type == "MESH" and CODE_KEY in obj
 
 
@@ -283,7 +284,9 @@ def create_avatar_object(context, g, code, *, name: str = "Avatar", model_id: st
     """Create and link the avatar object in the active collection; returns it.
 
     ``g``: GaussianSet (engine frame); ``code``: [D] float32; ``location``: world position
-    (default: the 3D cursor). The object is rotated +90 deg about X (y-up -> z-up)."""
+    (default: the 3D cursor). The object is rotated +90 deg about X (y-up -> z-up). Raises
+    ``GaussianValidationError`` (a ValueError) for inconsistent arrays, before anything is created."""
+    g.validate()
     mesh = bpy.data.meshes.new(name)
     write_gaussians(mesh, g)
     obj = bpy.data.objects.new(name, mesh)

@@ -142,7 +142,8 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
     frame_camera(scene, obj, args.resolution)
     setup_cycles(scene, args.samples)
     if args.ply:
-        g = _avatar_module().read_gaussians(obj.data)
+        addon = sys.modules[type(scene.fastavatar).__module__]  # the add-on package, however it was loaded
+        g = addon.avatar_mod.read_gaussians(obj.data)
         row["ply"] = str(write_ply(out_dir / f"{name}.ply", g))
     blend = out_dir / f"{name}.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
@@ -154,13 +155,6 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
         row["png"] = scene.render.filepath
         row["render_s"] = round(time.perf_counter() - t, 1)
     return row
-
-
-def _avatar_module():
-    for name, mod in sys.modules.items():
-        if name.endswith(".avatar") and hasattr(mod, "read_gaussians"):
-            return mod
-    raise ImportError("FastAvatar add-on avatar module not loaded")
 
 
 def main(argv=None) -> int:

@@ -81,9 +81,11 @@ class EngineClient:
     # ------------------------------------------------------------------ lifecycle
     @property
     def alive(self) -> bool:
+        """Whether the engine process is running."""
         return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:
+        """The engine's last ``lines`` stderr lines (for error messages)."""
         return "\n".join(list(self._log)[-lines:])
 
     def start(self) -> dict:

@@ -16,8 +16,8 @@ request it belongs to). Arrays travel in ``header["arrays"]``: a list of
 Every size is validated before anything is allocated: a frame that breaks a rule raises
 :class:`FrameError`; when the frame's lengths were still readable the payload has been consumed,
 so the stream stays in sync (``FrameError.in_sync``) and the reader can answer with an error
-and carry on. A bad magic puts the stream out of sync: :func:`read_frame` then skips forward to
-the next magic (bounded).
+and carry on. A bad magic, an absurd length or an unparsable header makes :class:`FrameReader`
+skip forward to the next magic (bounded), so a frame after garbage is still read.
 
 Message types (``PROTOCOL_VERSION`` 1; requests carry ``id``; every request ends in exactly one
 ``result`` or ``error`` with the same ``id``; ``progress`` events may come before it):
@@ -110,10 +110,8 @@ def encode_frame(header: dict, arrays: dict | None = None) -> bytes:
     specs, chunks, offset = [], [], 0
     for name, a in arrays.items():
         a = np.asarray(a)
-        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder not in ("|", "=", "<") else a.dtype
-        if a.dtype.byteorder == "=":
-            dt = a.dtype.newbyteorder("<")
-        code = np.dtype(dt).str
+        dt = a.dtype if a.dtype.byteorder == "|" else a.dtype.newbyteorder("<")
+        code = dt.str
         if code not in DTYPES:
             raise ValueError(f"array {name!r}: dtype {a.dtype} is not allowed on the wire ({', '.join(DTYPES)})")
         data = np.ascontiguousarray(a, dtype=dt).tobytes()

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__
 from .protocol import (
-    GAUSSIAN_ARRAYS, MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, FrameError, FrameReader, StreamClosed,
+    MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, FrameError, FrameReader, StreamClosed,
     encode_frame, error_header, gaussian_arrays,
 )
 
@@ -142,10 +142,11 @@ class Engine:
         t = time.perf_counter()
         photo = self._photo(header, arrays)
         steps = _int(header, "refine_steps", 0, 0, MAX_REFINE_STEPS)
-        avatar = self.generator.generate(photo, face_index=self._face_index(header))
-        if steps:
-            image, _ = _as_image(photo)
-            self._refine(avatar, image, steps, header, emit, cancelled)
+        progress, was_cancelled = self._progress(header, emit, cancelled)
+        avatar = self.generator.generate(photo, face_index=self._face_index(header), refine_steps=steps,
+                                         progress=progress, mode=self._mode(header))
+        if was_cancelled():
+            raise _Cancelled()
         return self._avatar_result(avatar, time.perf_counter() - t)
 
     def decode(self, header, arrays, emit, cancelled):
@@ -179,14 +180,25 @@ class Engine:
         code = self._code(arrays)
         photo = self._photo(header, arrays)
         steps = _int(header, "steps", 300, 1, MAX_REFINE_STEPS)
+        mode = self._mode(header)
         avatar, image = self.generator.avatar_from_code(photo, code, face_index=self._face_index(header))
-        self._refine(avatar, image, steps, header, emit, cancelled)
+        progress, was_cancelled = self._progress(header, emit, cancelled)
+        self.generator.refine(avatar, image, steps, progress=progress, mode=mode)
+        if was_cancelled():
+            raise _Cancelled()
         return self._avatar_result(avatar, time.perf_counter() - t)
 
-    def _refine(self, avatar, image, steps, header, emit, cancelled):
+    @staticmethod
+    def _mode(header) -> str:
         mode = header.get("mode", "auto")
         if mode not in ("auto", "full", "heads"):
             raise RequestError("bad_request", f"'mode' must be auto, full or heads, got {mode!r}")
+        return mode
+
+    @staticmethod
+    def _progress(header, emit, cancelled):
+        """(progress callback for AvatarGenerator.refine, () -> whether it cancelled): emits a
+        ``progress`` event every ``progress_every`` steps and stops when the client cancels."""
         every = _int(header, "progress_every", 1, 1, MAX_REFINE_STEPS)
         state = {"cancelled": False}
 
@@ -198,9 +210,7 @@ class Engine:
                 emit({"type": "progress", "stage": "refine", "step": step, "total": total, "loss": round(loss, 6)})
             return True
 
-        self.generator.refine(avatar, image, steps, progress=progress, mode=mode)
-        if state["cancelled"]:
-            raise _Cancelled()
+        return progress, lambda: state["cancelled"]
 
 
 def _int(header, key, default, lo, hi) -> int:
@@ -208,12 +218,6 @@ def _int(header, key, default, lo, hi) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise RequestError("bad_request", f"'{key}' must be an integer in [{lo}, {hi}], got {v!r}")
     return v
-
-
-def _as_image(photo):
-    from .face.detect import as_rgb_image
-
-    return as_rgb_image(photo)
 
 
 class Server:
@@ -228,7 +232,6 @@ class Server:
         self.write_lock = threading.Lock()
         self.requests: queue.Queue = queue.Queue()
         self.cancelled: set = set()
-        self.current_id = None
 
     def send(self, header: dict, arrays: dict | None = None) -> None:
         frame = encode_frame(header, arrays)
@@ -275,7 +278,6 @@ class Server:
                 self.send(error_header(rid, "bad_request", f"unknown request type {msg.type!r} "
                                                            f"(known: {', '.join(self.HANDLERS + ('cancel', 'shutdown'))})"))
                 continue
-            self.current_id = rid
             t = time.perf_counter()
             try:
                 header, arrays = getattr(self.engine, msg.type)(
@@ -291,7 +293,6 @@ class Server:
                 self.send(error_header(rid, kind, text))
             finally:
                 self.cancelled.discard(rid)
-                self.current_id = None
             log.info("%s #%s: %.1f ms", msg.type, rid, 1e3 * (time.perf_counter() - t))
 
 
@@ -361,4 +362,4 @@ def serve_main(device: str = "auto", weights=None, embedder=None, verbose: bool 
         engine.close()
 
 
-__all__ = ["Engine", "Server", "serve_main", "RequestError", "GAUSSIAN_ARRAYS"]
+__all__ = ["Engine", "Server", "serve_main", "RequestError"]

@@ -1,4 +1,5 @@
-"""Shared test helpers: where the NeRSemble sample data lives, and a skip when it is absent."""
+"""Shared test helpers: where the NeRSemble sample data lives, a skip when it is absent, and the
+public-domain astronaut photo (scikit-image) as a PNG file."""
 
 from pathlib import Path
 
@@ -27,3 +28,14 @@ def require_samples() -> Path:
 def samples() -> Path:
     """The sample-data folder (skips the test when it is absent)."""
     return require_samples()
+
+
+@pytest.fixture(scope="session")
+def astronaut_png(tmp_path_factory) -> Path:
+    """``skimage.data.astronaut()`` (512x512 RGB, public domain) saved as a PNG; skips without scikit-image."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(path)
+    return path

@@ -23,10 +23,8 @@ def _fastavatar(*args):
 
 
 @pytest.fixture(scope="module")
-def astronaut(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
-    Image.fromarray(skimage_data.astronaut()).save(path)
-    return path
+def astronaut(astronaut_png):
+    return astronaut_png
 
 
 def test_detect_prints_face_landmarks_and_camera(astronaut):

@@ -19,10 +19,8 @@ from conftest import needs_samples, SAMPLES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def astronaut(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
-    Image.fromarray(skimage_data.astronaut()).save(path)
-    return path
+def astronaut(astronaut_png):
+    return astronaut_png
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ import torch
 pytest.importorskip("mediapipe")
 skimage_data = pytest.importorskip("skimage.data")
 
-from PIL import Image  # noqa: E402
-
 from fastavatar_engine.client import (  # noqa: E402
     EngineClient, EngineCrashed, EngineError, EngineTimeout, engine_command,
 )
@@ -21,10 +19,8 @@ from fastavatar_engine.protocol import GAUSSIAN_ARRAYS, MAGIC, encode_frame  # n
 
 
 @pytest.fixture(scope="module")
-def astronaut(tmp_path_factory):
-    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
-    Image.fromarray(skimage_data.astronaut()).save(path)
-    return path
+def astronaut(astronaut_png):
+    return astronaut_png
 
 
 @pytest.fixture(scope="module")
