@@ -18,10 +18,12 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
+from bpy.props import (
+    BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty,
+)
 
 from . import avatar as avatar_mod
-from . import engine
+from . import editing, engine
 
 
 # ---------------------------------------------------------------------- preferences
@@ -40,12 +42,17 @@ class FASTAVATAR_AP_preferences(bpy.types.AddonPreferences):
         name="Weights", subtype="DIR_PATH",
         description="Model folder (empty: the built-in default model); e.g. a folder made by "
                     "'fastavatar train package'")
+    directions_dir: StringProperty(
+        name="Directions", subtype="DIR_PATH",
+        description="Direction library folder (empty: the extension's user folder, or "
+                    "FASTAVATAR_DIRECTIONS_DIR)")
 
     def draw(self, context):
         col = self.layout.column()
         col.prop(self, "engine_python")
         col.prop(self, "device")
         col.prop(self, "weights_dir")
+        col.prop(self, "directions_dir")
         _draw_engine_status(col)
 
 
@@ -61,8 +68,34 @@ def _draw_engine_status(layout):
 
 
 # ---------------------------------------------------------------------- properties
+def _param_update(self, context):
+    editing.on_parameter_changed(self.id_data)
+
+
+def _is_avatar_poll(self, obj):
+    return avatar_mod.is_avatar(obj) and obj != self.id_data
+
+
+class FastAvatarEdit(bpy.types.PropertyGroup):
+    """One attribute-direction slider of an avatar (``name`` = the direction's name)."""
+
+    amount: FloatProperty(name="Amount", default=0.0, soft_min=-3.0, soft_max=3.0, update=_param_update,
+                          description="How far to move the avatar's code along this direction (code units)")
+
+
 class FastAvatarObjectProps(bpy.types.PropertyGroup):
     is_avatar: BoolProperty(name="Is Avatar", default=False)
+    edits: CollectionProperty(type=FastAvatarEdit)
+    blend_a: PointerProperty(name="Blend A", type=bpy.types.Object, poll=_is_avatar_poll,
+                             description="First input of a blended avatar (mix 0)")
+    blend_b: PointerProperty(name="Blend B", type=bpy.types.Object, poll=_is_avatar_poll,
+                             description="Second input of a blended avatar (mix 1)")
+    mix: FloatProperty(name="Mix", default=0.5, min=0.0, max=1.0, update=_param_update,
+                       description="Blend factor: 0 = Blend A, 1 = Blend B (keyframable)")
+    label: EnumProperty(name="Attribute", default="NONE",
+                        description="Whether this avatar has the attribute being trained (Train Direction)",
+                        items=[("NONE", "Unlabelled", "Not used for training"),
+                               ("HAS", "Has", "Has the attribute"), ("LACKS", "Lacks", "Lacks the attribute")])
     model_id: StringProperty(name="Model", description="Model the avatar's code belongs to")
     photo: StringProperty(name="Photo", subtype="FILE_PATH", description="Source photo")
     face_index: IntProperty(name="Face Index", default=-1)
@@ -77,6 +110,22 @@ class FastAvatarSceneProps(bpy.types.PropertyGroup):
     face_index: IntProperty(name="Face", default=-1, min=-1, soft_max=16,
                             description="Which face when there are several (-1: the largest)")
     status: StringProperty(name="Status")
+    progress: FloatProperty(name="Progress", default=-1.0, description="Fraction done of the running job (-1: none)")
+    refine_steps: IntProperty(name="Steps", default=300, min=1, soft_max=2000,
+                              description="Refinement steps (the paper's full refinement: 300)")
+    preview_every: IntProperty(name="Preview Every", default=50, min=0, soft_max=500,
+                               description="Show the refining avatar every N steps (0: only at the end)")
+    direction_name: StringProperty(name="Name", default="attribute",
+                                   description="Name of the direction to train")
+    direction: EnumProperty(name="Direction", items=lambda self, context: _direction_items(context),
+                            description="Direction from the library (the active avatar's model only)")
+    photos_dir: StringProperty(name="Photos", subtype="DIR_PATH",
+                               description="Folder of face photos to build an expression direction from")
+    measure: EnumProperty(name="Measure", default="mouth_open",
+                          items=[("mouth_open", "Mouth Open", "Inner-lip gap / face height, from landmarks"),
+                                 ("smile", "Smile", "Mouth width / eye-corner distance, from landmarks")],
+                          description="Expression computed from each photo's landmarks; photos above the "
+                                      "median are labelled as having it")
 
 
 # ---------------------------------------------------------------------- photo source
@@ -129,13 +178,18 @@ def generate_avatar(path, pixels, face_index, progress=None, cancelled=None):
                            cancel=cancelled)
 
 
-def _apply_result(context, result, label, face_index):
+def _apply_result(context, result, label, face_index, photos=None):
     g, code, header = result
     name = Path(label).stem if label else "Avatar"
     obj = avatar_mod.create_avatar_object(
         context, g, code, name=f"Avatar_{name}"[:60], model_id=header.get("model_id", ""),
         photo=label, face_index=face_index, camera=header.get("camera"),
         refined_steps=int(header.get("refined_steps", 0)))
+    if photos:
+        obj[editing.PHOTOS_KEY] = [str(q) for q in photos]
+    base = header.get("arrays", {}).get("base_packed")
+    if base is not None:  # generated with refinement: keep it as a residual, like Refine does
+        editing.set_residual(obj.data, editing.pack_gaussians(g) - base)
     for o in context.view_layer.objects:
         o.select_set(False)
     obj.select_set(True)
@@ -143,82 +197,438 @@ def _apply_result(context, result, label, face_index):
     return obj
 
 
-class FASTAVATAR_OT_generate(bpy.types.Operator):
-    """Turn the chosen face photo into a 3D Gaussian head avatar at the 3D cursor"""
+_ACTIVE: dict = {"job": None}
 
-    bl_idname = "fastavatar.generate"
-    bl_label = "Generate Avatar"
-    bl_options = {"REGISTER", "UNDO"}
+
+class _JobModal:
+    """Mixin for operators that run an :class:`engine.Job`: synchronous in background mode;
+    in the UI a modal timer polls it, shows progress in the status bar and the panel, and Esc
+    or the panel's Cancel stops it. Subclasses implement ``on_done(context, result) -> message``
+    and may override ``on_tick``/``on_cancel`` (``on_cancel`` must leave the scene as it was)."""
 
     _timer = None
     _job = None
+    _t0 = 0.0
 
-    def _prepare(self, context):
-        path, pixels, label = resolve_photo(context)
-        return path, pixels, label, context.scene.fastavatar.face_index
+    def on_tick(self, context):
+        pass
 
-    def execute(self, context):  # synchronous: background mode, scripts, redo
-        try:
-            path, pixels, label, fi = self._prepare(context)
-            obj = _apply_result(context, generate_avatar(path, pixels, fi), label, fi)
-        except Exception as e:  # noqa: BLE001 - every failure ends as a message, the scene untouched
-            msg = str(e) if isinstance(e, ValueError) else engine.describe_error(e)
-            context.scene.fastavatar.status = msg
-            self.report({"ERROR"}, msg)
-            return {"CANCELLED"}
-        context.scene.fastavatar.status = f"Created {obj.name} ({len(obj.data.vertices)} splats)"
-        self.report({"INFO"}, context.scene.fastavatar.status)
-        return {"FINISHED"}
+    def on_cancel(self, context):
+        pass
 
-    def invoke(self, context, event):
+    def run_job(self, context, job):
+        self._job, self._t0 = job, time.perf_counter()
+        _ACTIVE["job"] = job
+        context.scene.fastavatar.progress = 0.0
         if bpy.app.background:
-            return self.execute(context)
-        try:
-            path, pixels, label, fi = self._prepare(context)
-            engine.engine_python()
-        except (ValueError, engine.EngineNotInstalled) as e:
-            context.scene.fastavatar.status = str(e)
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        self._label, self._fi, self._t0 = label, fi, time.perf_counter()
-        self._job = engine.Job(lambda progress, cancelled: generate_avatar(path, pixels, fi, progress, cancelled))
-        self._job.start()
+            job.run_sync()
+            return self._end(context)
+        job.start()
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.05, window=context.window)
         wm.modal_handler_add(self)
         wm.progress_begin(0, 100)
         return {"RUNNING_MODAL"}
 
-    def _finish(self, context):
+    def _cleanup(self, context):
         wm = context.window_manager
-        wm.event_timer_remove(self._timer)
-        wm.progress_end()
+        if self._timer is not None:
+            wm.event_timer_remove(self._timer)
+            wm.progress_end()
+            self._timer = None
         context.workspace.status_text_set(None)
+        _ACTIVE["job"] = None
+        context.scene.fastavatar.progress = -1.0
+        _redraw(context)
 
     def modal(self, context, event):
-        if event.type == "ESC":
-            self._job.cancel()
-            self._finish(context)
-            context.scene.fastavatar.status = "Generate cancelled; the scene is unchanged"
+        job = self._job
+        if event.type == "ESC" or (job.cancel_requested and not job.done):
+            job.cancel()
+            self.on_cancel(context)
+            self._cleanup(context)
+            context.scene.fastavatar.status = f"{self.bl_label} cancelled; the scene is unchanged"
             self.report({"WARNING"}, context.scene.fastavatar.status)
             return {"CANCELLED"}
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        job = self._job
+        self.on_tick(context)
         if not job.done:
             context.window_manager.progress_update(int(100 * job.fraction))
+            context.scene.fastavatar.progress = job.fraction
             context.workspace.status_text_set(f"FastAvatar: {job.status} (Esc to cancel)")
+            _redraw(context)
             return {"RUNNING_MODAL"}
-        self._finish(context)
-        if job.error is not None:
-            msg = engine.describe_error(job.error)
+        self._cleanup(context)
+        return self._end(context)
+
+    def _end(self, context):
+        job = self._job
+        _ACTIVE["job"] = None
+        context.scene.fastavatar.progress = -1.0
+        try:
+            if job.error is not None:
+                raise job.error
+            msg = self.on_done(context, job.result)
+        except Exception as e:  # noqa: BLE001 - every failure ends as a message, the scene untouched
+            self.on_cancel(context)
+            msg = str(e) if isinstance(e, ValueError) else engine.describe_error(e)
             context.scene.fastavatar.status = msg
             self.report({"ERROR"}, msg)
             return {"CANCELLED"}
-        obj = _apply_result(context, job.result, self._label, self._fi)
-        dt = time.perf_counter() - self._t0
-        context.scene.fastavatar.status = f"Created {obj.name} ({len(obj.data.vertices)} splats) in {dt:.2f} s"
+        context.scene.fastavatar.status = f"{msg} ({time.perf_counter() - self._t0:.2f} s)"
         self.report({"INFO"}, context.scene.fastavatar.status)
+        return {"FINISHED"}
+
+
+def _redraw(context):
+    screen = getattr(context, "screen", None)
+    for area in (screen.areas if screen is not None else []):
+        if area.type in ("VIEW_3D", "PROPERTIES"):
+            area.tag_redraw()
+
+
+class FASTAVATAR_OT_generate(_JobModal, bpy.types.Operator):
+    """Turn the chosen face photo into a 3D Gaussian head avatar at the 3D cursor"""
+
+    bl_idname = "fastavatar.generate"
+    bl_label = "Generate Avatar"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def invoke(self, context, event):
+        return self.execute(context)
+
+    def execute(self, context):
+        try:
+            path, pixels, label = resolve_photo(context)
+            if not bpy.app.background:
+                engine.engine_python()
+        except (ValueError, engine.EngineNotInstalled) as e:
+            context.scene.fastavatar.status = str(e)
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self._label, self._fi = label, context.scene.fastavatar.face_index
+        fi = self._fi
+        return self.run_job(context, engine.Job(
+            lambda progress, cancelled: generate_avatar(path, pixels, fi, progress, cancelled)))
+
+    def on_done(self, context, result):
+        obj = _apply_result(context, result, self._label, self._fi)
+        return f"Created {obj.name} ({len(obj.data.vertices)} splats)"
+
+
+class FASTAVATAR_OT_generate_multi(_JobModal, bpy.types.Operator):
+    """Generate one avatar from several photos of the same person (fused code; optional refinement against all of them)"""
+
+    bl_idname = "fastavatar.generate_multi"
+    bl_label = "Generate from Photos"
+    bl_options = {"REGISTER", "UNDO"}
+
+    directory: StringProperty(subtype="DIR_PATH")
+    files: CollectionProperty(type=bpy.types.OperatorFileListElement)
+    filter_image: BoolProperty(default=True, options={"HIDDEN", "SKIP_SAVE"})
+    refine_steps: IntProperty(name="Refine Steps", default=0, min=0, soft_max=2000,
+                              description="Refine against all the photos afterwards (0: feed-forward only)")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        paths = [str(Path(bpy.path.abspath(self.directory)) / f.name) for f in self.files if f.name]
+        missing = [q for q in paths if not os.path.isfile(q)]
+        if len(paths) < 1 or missing:
+            msg = f"photos not found: {', '.join(missing[:3])}" if missing else "select one or more photos"
+            self.report({"ERROR"}, msg)
+            return {"CANCELLED"}
+        fi, steps = context.scene.fastavatar.face_index, self.refine_steps
+        self._paths, self._fi = paths, fi
+
+        def fn(progress, cancelled):
+            client = engine.get_client()
+            progress(f"Generating from {len(paths)} photos...", 0.1)
+
+            def on_progress(h):
+                if h.get("stage") == "refine":
+                    progress(f"Refining {h['step']}/{h['total']}", h["step"] / h["total"])
+
+            return client.generate(image_paths=paths, face_index=None if fi < 0 else fi, refine_steps=steps,
+                                   progress=on_progress, cancel=cancelled)
+
+        return self.run_job(context, engine.Job(fn))
+
+    def on_done(self, context, result):
+        obj = _apply_result(context, result, self._paths[0], self._fi, photos=self._paths)
+        return f"Created {obj.name} from {len(self._paths)} photos"
+
+
+# ---------------------------------------------------------------------- editing
+def directions_dir() -> Path:
+    """The direction library folder: the preference, else $FASTAVATAR_DIRECTIONS_DIR, else the
+    extension's user folder (``~/.fastavatar/directions`` outside the extension system)."""
+    prefs = engine.preferences()
+    choice = prefs.directions_dir.strip() if prefs is not None else ""
+    if choice:
+        return Path(bpy.path.abspath(choice))
+    env = os.environ.get("FASTAVATAR_DIRECTIONS_DIR", "").strip()
+    if env:
+        return Path(env)
+    try:
+        return Path(bpy.utils.extension_path_user(engine.addon_package(), path="directions", create=True))
+    except (ValueError, AttributeError, TypeError):
+        return Path.home() / ".fastavatar" / "directions"
+
+
+_DIRECTION_ITEMS: list = []  # Blender needs the enum item strings kept alive
+
+
+def _direction_items(context):
+    from fastavatar_engine.directions import load_library
+
+    obj = getattr(context, "active_object", None) if context is not None else None
+    items = []
+    if avatar_mod.is_avatar(obj):
+        dirs, _ = load_library(directions_dir(), obj.fastavatar.model_id)
+        for d in dirs:
+            acc = d.accuracy.get("cross_validated")
+            items.append((d.name, d.name, f"{d.name} (cross-validated accuracy {acc})" if acc is not None else d.name))
+    _DIRECTION_ITEMS[:] = items or [("NONE", "(none for this model)", "No direction in the library for this model")]
+    return _DIRECTION_ITEMS
+
+
+def _active_avatar(context, op):
+    obj = context.active_object
+    if not avatar_mod.is_avatar(obj):
+        op.report({"ERROR"}, "select a FastAvatar avatar first")
+        return None
+    return obj
+
+
+class FASTAVATAR_OT_add_direction(bpy.types.Operator):
+    """Add a slider for an attribute direction (from the library, or a direction file) to the active avatar"""
+
+    bl_idname = "fastavatar.add_direction"
+    bl_label = "Add Direction"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="Direction", description="Library direction name (empty: the panel's choice)")
+    filepath: StringProperty(name="File", subtype="FILE_PATH", description="Direction file instead of the library")
+
+    def execute(self, context):
+        from fastavatar_engine.directions import DirectionError, direction_filename, load_direction, load_library
+
+        obj = _active_avatar(context, self)
+        if obj is None:
+            return {"CANCELLED"}
+        try:
+            if self.filepath:
+                d = load_direction(bpy.path.abspath(self.filepath))
+            else:
+                name = self.name or context.scene.fastavatar.direction
+                if not name or name == "NONE":
+                    raise DirectionError(f"no direction for model {obj.fastavatar.model_id!r} in {directions_dir()}")
+                path = directions_dir() / direction_filename(name)
+                if path.is_file():
+                    d = load_direction(path)
+                else:
+                    found = [x for x in load_library(directions_dir())[0] if x.name == name]
+                    if not found:
+                        raise DirectionError(f"direction {name!r} not found in {directions_dir()}")
+                    d = found[0]
+            editing.add_direction(obj, d)
+        except (DirectionError, KeyError) as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"{obj.name}: added direction {d.name!r}")
+        return {"FINISHED"}
+
+
+class FASTAVATAR_OT_remove_direction(bpy.types.Operator):
+    """Remove a direction slider (and its keyframes) from the active avatar"""
+
+    bl_idname = "fastavatar.remove_direction"
+    bl_label = "Remove Direction"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: StringProperty(name="Direction")
+
+    def execute(self, context):
+        obj = _active_avatar(context, self)
+        if obj is None:
+            return {"CANCELLED"}
+        editing.remove_direction(obj, self.name)
+        editing.update_exact(obj)
+        return {"FINISHED"}
+
+
+class FASTAVATAR_OT_train_direction(bpy.types.Operator):
+    """Learn a direction (linear SVM on the codes) from the avatars labelled Has / Lacks, save it in the library"""
+
+    bl_idname = "fastavatar.train_direction"
+    bl_label = "Train Direction"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        from fastavatar_engine.directions import (
+            DirectionError, direction_filename, direction_from_json, save_direction,
+        )
+
+        name = context.scene.fastavatar.direction_name.strip()
+        labelled = [o for o in context.scene.objects if avatar_mod.is_avatar(o) and o.fastavatar.label != "NONE"]
+        models = {o.fastavatar.model_id for o in labelled}
+        try:
+            if len(models) > 1:
+                raise DirectionError(f"labelled avatars come from several models ({', '.join(sorted(models))})")
+            if not labelled:
+                raise DirectionError("label avatars as Has / Lacks first (FastAvatar panel, Attribute)")
+            codes = np.stack([avatar_mod.get_code(o) for o in labelled])
+            labels = np.array([o.fastavatar.label == "HAS" for o in labelled], np.uint8)
+            d = direction_from_json(engine.get_client().train_direction(
+                codes, labels, name, source="Blender: " + ", ".join(o.name for o in labelled)[:400]))
+            path = save_direction(d, directions_dir() / direction_filename(d.name))
+        except DirectionError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        except Exception as e:  # noqa: BLE001
+            self.report({"ERROR"}, engine.describe_error(e))
+            return {"CANCELLED"}
+        acc = d.accuracy
+        msg = (f"Direction {d.name!r}: training accuracy {acc['train']:.2f}, cross-validated "
+               f"{acc['cross_validated'] if acc['cross_validated'] is not None else 'n/a'} ({acc['folds']} folds); "
+               f"saved to {path}")
+        context.scene.fastavatar.status = msg
+        self.report({"INFO"}, msg)
+        return {"FINISHED"}
+
+
+class FASTAVATAR_OT_direction_from_photos(_JobModal, bpy.types.Operator):
+    """Build an expression direction from a folder of photos, labelled automatically from their landmarks"""
+
+    bl_idname = "fastavatar.direction_from_photos"
+    bl_label = "Direction from Photos"
+
+    def execute(self, context):
+        settings = context.scene.fastavatar
+        folder = Path(bpy.path.abspath(settings.photos_dir)) if settings.photos_dir else None
+        exts = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+        photos = sorted(q for q in folder.iterdir() if q.suffix.lower() in exts) if folder and folder.is_dir() else []
+        if len(photos) < 4:
+            self.report({"ERROR"}, f"need a folder with at least 4 face photos, found {len(photos)}")
+            return {"CANCELLED"}
+        measure, name = settings.measure, settings.direction_name.strip() or settings.measure
+
+        def fn(progress, cancelled):
+            from fastavatar_engine.directions import median_split_labels
+            from fastavatar_engine.client import EngineError
+
+            client = engine.get_client()
+            codes, values, skipped = [], [], []
+            for i, q in enumerate(photos):
+                if cancelled():
+                    raise RuntimeError("cancelled")
+                progress(f"Encoding {q.name} ({i + 1}/{len(photos)})", i / (len(photos) + 1))
+                try:
+                    code, header = client.encode(image_path=str(q))
+                except EngineError as e:
+                    skipped.append(f"{q.name}: {e}")
+                    continue
+                codes.append(code)
+                values.append(header["measures"][measure])
+            if len(codes) < 4:
+                raise ValueError(f"only {len(codes)} photos with a face; skipped: {'; '.join(skipped[:3])}")
+            labels = median_split_labels(values)
+            progress("Training the SVM...", 0.95)
+            d = client.train_direction(np.stack(codes), labels, name,
+                                       source=f"photos in {folder}, label: {measure} above its median "
+                                              f"({float(np.median(values)):.4f})")
+            return d, len(codes), skipped
+
+        return self.run_job(context, engine.Job(fn))
+
+    def on_done(self, context, result):
+        from fastavatar_engine.directions import direction_filename, direction_from_json, save_direction
+
+        data, used, skipped = result
+        d = direction_from_json(data)
+        path = save_direction(d, directions_dir() / direction_filename(d.name))
+        acc = d.accuracy
+        return (f"Direction {d.name!r} from {used} photos ({len(skipped)} skipped): training accuracy "
+                f"{acc['train']:.2f}, cross-validated {acc['cross_validated']}; saved to {path.name}")
+
+
+class FASTAVATAR_OT_refine(_JobModal, bpy.types.Operator):
+    """Refine the active avatar against its source photo(s): the paper's full refinement of the code and decoder"""
+
+    bl_idname = "fastavatar.refine"
+    bl_label = "Refine Avatar"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        obj = _active_avatar(context, self)
+        if obj is None:
+            return {"CANCELLED"}
+        settings = context.scene.fastavatar
+        try:
+            self._session = editing.RefineSession(obj, settings.refine_steps,
+                                                  0 if bpy.app.background else settings.preview_every)
+        except (ValueError, KeyError) as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        return self.run_job(context, self._session.job)
+
+    def on_tick(self, context):
+        self._session.tick()
+
+    def on_cancel(self, context):
+        self._session.cancel()
+
+    def on_done(self, context, result):
+        self._session.finish()
+        obj = self._session.obj
+        return f"Refined {obj.name} ({obj.fastavatar.refined_steps} steps in total)"
+
+
+class FASTAVATAR_OT_interpolate(bpy.types.Operator):
+    """Blend the two selected avatars into a new avatar whose Mix (0-1) can be keyframed"""
+
+    bl_idname = "fastavatar.interpolate"
+    bl_label = "Interpolate Avatars"
+    bl_options = {"REGISTER", "UNDO"}
+
+    mix: FloatProperty(name="Mix", default=0.5, min=0.0, max=1.0)
+
+    def execute(self, context):
+        sel = [o for o in context.selected_objects if avatar_mod.is_avatar(o)]
+        if len(sel) != 2:
+            self.report({"ERROR"}, f"select exactly two avatars (selected: {len(sel)})")
+            return {"CANCELLED"}
+        active = context.active_object
+        a, b = (active, next(o for o in sel if o != active)) if active in sel else sel
+        try:
+            obj = editing.create_blend(context, a, b, self.mix)
+        except ValueError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        except Exception as e:  # noqa: BLE001
+            self.report({"ERROR"}, engine.describe_error(e))
+            return {"CANCELLED"}
+        for o in context.view_layer.objects:
+            o.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        self.report({"INFO"}, f"Created {obj.name} (mix {self.mix:.2f} of {a.name} -> {b.name})")
+        return {"FINISHED"}
+
+
+class FASTAVATAR_OT_cancel_job(bpy.types.Operator):
+    """Cancel the running FastAvatar job (the scene stays as it was)"""
+
+    bl_idname = "fastavatar.cancel_job"
+    bl_label = "Cancel"
+
+    def execute(self, context):
+        if _ACTIVE["job"] is not None:
+            _ACTIVE["job"].cancel()
         return {"FINISHED"}
 
 
@@ -349,15 +759,56 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
         box = col.box()
         _draw_engine_status(box)
         box.operator(FASTAVATAR_OT_stop_engine.bl_idname, icon="CANCEL")
+        if settings.progress >= 0 and _ACTIVE["job"] is not None:
+            row = col.row(align=True)
+            if hasattr(row, "progress"):
+                row.progress(factor=settings.progress, type="BAR", text=_ACTIVE["job"].status[:60] or "Working...")
+            else:
+                row.label(text=f"{100 * settings.progress:.0f}%  {_ACTIVE['job'].status[:50]}")
+            row.operator(FASTAVATAR_OT_cancel_job.bl_idname, text="", icon="CANCEL")
         obj = context.active_object
-        if avatar_mod.is_avatar(obj):
-            b = col.box()
-            b.label(text=f"{obj.name}: {len(obj.data.vertices)} splats", icon="OUTLINER_OB_POINTCLOUD")
-            b.label(text=f"Model: {obj.fastavatar.model_id}")
-            b.label(text=f"Photo: {Path(obj.fastavatar.photo).name}")
+        if not avatar_mod.is_avatar(obj):
+            col.operator(FASTAVATAR_OT_generate_multi.bl_idname, icon="COMMUNITY")
+            return
+        props = obj.fastavatar
+        b = col.box()
+        b.label(text=f"{obj.name}: {len(obj.data.vertices)} splats", icon="OUTLINER_OB_POINTCLOUD")
+        b.label(text=f"Model: {props.model_id}")
+        if editing.is_blend(obj):
+            b.label(text=f"Blend: {props.blend_a.name} -> {props.blend_b.name}")
+            b.prop(props, "mix", slider=True)
+        else:
+            b.label(text=f"Photo: {Path(props.photo).name}")
+            row = b.row(align=True)
+            row.prop(settings, "refine_steps")
+            row.prop(settings, "preview_every", text="Preview")
+            b.operator(FASTAVATAR_OT_refine.bl_idname, icon="MODIFIER",
+                       text=f"Refine ({props.refined_steps} steps so far)" if props.refined_steps else "Refine")
+        b.operator(FASTAVATAR_OT_interpolate.bl_idname, icon="ARROW_LEFTRIGHT")
+        d = col.box()
+        d.label(text="Directions", icon="DRIVER")
+        for item in props.edits:
+            row = d.row(align=True)
+            row.prop(item, "amount", text=item.name, slider=False)
+            op = row.operator(FASTAVATAR_OT_remove_direction.bl_idname, text="", icon="X")
+            op.name = item.name
+        row = d.row(align=True)
+        row.prop(settings, "direction", text="")
+        row.operator(FASTAVATAR_OT_add_direction.bl_idname, text="Add", icon="ADD")
+        t = col.box()
+        t.label(text="Train a direction", icon="LIGHT")
+        t.prop(props, "label", expand=True)
+        t.prop(settings, "direction_name")
+        t.operator(FASTAVATAR_OT_train_direction.bl_idname, icon="PLAY")
+        t.prop(settings, "photos_dir")
+        t.prop(settings, "measure")
+        t.operator(FASTAVATAR_OT_direction_from_photos.bl_idname, icon="IMAGE_DATA")
 
 
-_CLASSES = (FASTAVATAR_AP_preferences, FastAvatarObjectProps, FastAvatarSceneProps, FASTAVATAR_OT_generate,
+_CLASSES = (FASTAVATAR_AP_preferences, FastAvatarEdit, FastAvatarObjectProps, FastAvatarSceneProps,
+            FASTAVATAR_OT_generate, FASTAVATAR_OT_generate_multi, FASTAVATAR_OT_refine, FASTAVATAR_OT_interpolate,
+            FASTAVATAR_OT_add_direction, FASTAVATAR_OT_remove_direction, FASTAVATAR_OT_train_direction,
+            FASTAVATAR_OT_direction_from_photos, FASTAVATAR_OT_cancel_job,
             FASTAVATAR_OT_install_engine, FASTAVATAR_OT_stop_engine, FASTAVATAR_PT_main)
 
 
@@ -378,9 +829,11 @@ def register():
         atexit.register(_unregister_at_exit)
     bpy.types.Object.fastavatar = PointerProperty(type=FastAvatarObjectProps)
     bpy.types.Scene.fastavatar = PointerProperty(type=FastAvatarSceneProps)
+    editing.register_handlers()
 
 
 def unregister():
+    editing.unregister_handlers()
     engine.stop_engine()
     del bpy.types.Scene.fastavatar
     del bpy.types.Object.fastavatar

@@ -233,7 +233,7 @@ def cmd_generate(args) -> int:
         avatar.photo = str(args.photo)
         if args.refine:
             gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"), mode=args.refine_mode,
-                       geometry_anchor=args.geometry_anchor)
+                       geometry_anchor=args.geometry_anchor, precision=args.precision)
         ply, meta = save_avatar(avatar, args.output)
         out = {"ply": str(ply), "metadata": str(meta), "gaussians": len(avatar.gaussians),
                "model_id": avatar.model_id, "refined_steps": avatar.refined_steps,
@@ -247,6 +247,13 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_subject
 
@@ -255,9 +262,10 @@ def cmd_evaluate(args) -> int:
 
         gen = AvatarGenerator(args.weights)
     try:
-        result = evaluate_subject(args.data, args.subject, args.input_view, args.refine, image_scale=args.image_scale,
-                                  generator=gen, progress=_progress_bar("refine") if args.refine else None,
-                                  refine_mode=args.refine_mode, geometry_anchor=args.geometry_anchor)
+        result = evaluate_subject(args.data, args.subject, args.input_view, args.refine, held_out=args.held_out,
+                                  image_scale=args.image_scale, generator=gen, progress=_progress_bar("refine") if args.refine else None,
+                                  refine_mode=args.refine_mode, geometry_anchor=args.geometry_anchor,
+                                  precision=args.precision)
     finally:
         gen.close()
     text = json.dumps(result, indent=2)
@@ -355,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--geometry-anchor", type=float, default=0.0, metavar="LAMBDA",
                    help="full refinement: pull the geometry towards the feed-forward one (0 = the paper's; "
                         "0.01 keeps single-view refinement from bending side views of a well-predicted face)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="full refinement: bf16 autocast for the decoder MLP (auto: on CPUs with native bf16)")
     g.add_argument("--preview", help="PNG strip: the input face, then renders from -60 to +60 degrees of yaw")
     g.add_argument("--face-index", type=int, default=None, help="which face when there are several (0 = largest)")
     g.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
@@ -366,13 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="generate from one calibrated view, score the other views (JSON)")
     e.add_argument("--data", required=True, help="folder of subject folders")
     e.add_argument("--subject", required=True)
-    e.add_argument("--input-view", type=int, default=8, help="camera index of the input photo (default 8, frontal)")
+    e.add_argument("--input-view", type=_int_list, default=[8],
+                   help="camera index of the input photo (default 8, frontal); several, comma-separated "
+                        "(e.g. 8,2), for a multi-photo avatar")
+    e.add_argument("--held-out", type=_int_list, default=None,
+                   help="comma-separated cameras to score (default: every camera not used as input)")
     e.add_argument("--refine", type=int, default=0, metavar="N", help="also evaluate after N refinement steps")
     e.add_argument("--image-scale", type=float, default=0.5, help="scale of the evaluated views (default 0.5)")
     e.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"])
     e.add_argument("--geometry-anchor", type=float, default=0.0, metavar="LAMBDA",
                    help="full refinement: pull the geometry towards the feed-forward one (0 = the paper's; "
                         "0.01 keeps single-view refinement from bending side views of a well-predicted face)")
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="full refinement: bf16 autocast for the decoder MLP (auto: on CPUs with native bf16)")
     e.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
     e.add_argument("--json", help="write the full result (per view) here")
     e.add_argument("--verbose", action="store_true")

@@ -18,7 +18,9 @@ import time
 
 import numpy as np
 
-from .protocol import PROTOCOL_VERSION, FrameError, FrameReader, StreamClosed, encode_frame, gaussians_from_arrays
+from .protocol import (
+    GAUSSIAN_ARRAYS, PROTOCOL_VERSION, FrameError, FrameReader, StreamClosed, encode_frame, gaussians_from_arrays,
+)
 
 
 class EngineError(Exception):
@@ -198,10 +200,11 @@ class EngineClient:
 
     # ------------------------------------------------------------------ requests
     def request(self, type_: str, header: dict | None = None, arrays: dict | None = None, progress=None,
-                cancel=None, timeout: float | None = None):
+                cancel=None, timeout: float | None = None, preview=None):
         """Send one request and wait for its result; returns the result :class:`Message`.
 
-        ``progress(header)`` receives progress events; ``cancel()`` is polled while waiting and,
+        ``progress(header)`` receives progress events; ``preview(header, arrays)`` those that carry
+        arrays (refinement previews); ``cancel()`` is polled while waiting and,
         once true, a ``cancel`` frame is sent (the engine then answers with an error of kind
         'cancelled'). Raises :class:`EngineError`, :class:`EngineCrashed`, :class:`EngineTimeout`."""
         timeout = self.request_timeout if timeout is None else timeout
@@ -240,7 +243,10 @@ class EngineClient:
                     continue  # a stale answer (e.g. a protocol error about an earlier frame)
                 if msg.type == "progress":
                     deadline = time.monotonic() + timeout
-                    if progress is not None:
+                    if msg.arrays:
+                        if preview is not None:
+                            preview(msg.header, msg.arrays)
+                    elif progress is not None:
                         progress(msg.header)
                     continue
                 if msg.type == "error":
@@ -252,29 +258,74 @@ class EngineClient:
         return self.request("hello", {"protocol": PROTOCOL_VERSION}).header
 
     def generate(self, image_path: str | None = None, pixels: np.ndarray | None = None,
-                 face_index: int | None = None, refine_steps: int = 0, **kw):
-        """(GaussianSet, code [D] float32, result header) for a photo given by path or pixels."""
+                 face_index: int | None = None, refine_steps: int = 0, image_paths=None, **kw):
+        """(GaussianSet, code [D] float32, result header) for a photo given by path or pixels, or
+        for several photos of one person (``image_paths``: fused code). A refined result's arrays
+        (``header['arrays']``) include ``base_packed``."""
         header = {"face_index": face_index, "refine_steps": refine_steps}
+        if image_paths is not None:
+            header["image_paths"] = [str(q) for q in image_paths]
         if image_path is not None:
             header["image_path"] = str(image_path)
         arrays = {"pixels": np.ascontiguousarray(pixels, np.uint8)} if pixels is not None else None
         msg = self.request("generate", header, arrays, **kw)
-        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), msg.header
+        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), _with_arrays(msg)
 
-    def decode(self, code, directions=None, amounts=None, **kw):
-        """(GaussianSet, effective code, result header) for code ``w`` (+ sum amounts_m directions_m)."""
+    def decode(self, code, directions=None, amounts=None, tangents: bool = False, **kw):
+        """(GaussianSet, effective code, result header) for code ``w`` (+ sum amounts_m directions_m).
+        With ``tangents`` the header's ``arrays['tangents']`` is [M, N, 59]: d(packed Gaussians)/d(amount_m)."""
         arrays = {"code": np.asarray(code, np.float32)}
-        header = {}
+        header = {"tangents": True} if tangents else {}
         if directions is not None:
             arrays["directions"] = np.asarray(directions, np.float32)
             header["amounts"] = [float(a) for a in amounts]
         msg = self.request("decode", header, arrays, **kw)
-        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), msg.header
+        if tangents:
+            t = msg.arrays.get("tangents")
+            n = len(msg.arrays["means"])
+            if t is None or t.shape != (len(arrays["directions"]), n, 59):
+                raise EngineCrashed(f"decode returned tangents of shape {None if t is None else list(t.shape)}")
+        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), _with_arrays(msg)
 
-    def refine(self, code, image_path: str, steps: int = 300, face_index: int | None = None,
-               mode: str = "auto", progress=None, cancel=None, **kw):
-        """(GaussianSet, refined code, result header): refine ``code`` against the photo."""
-        msg = self.request("refine", {"image_path": str(image_path), "steps": int(steps), "face_index": face_index,
-                                      "mode": mode}, {"code": np.asarray(code, np.float32)},
-                           progress=progress, cancel=cancel, **kw)
-        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), msg.header
+    def encode(self, image_path: str | None = None, pixels: np.ndarray | None = None,
+               face_index: int | None = None, **kw):
+        """(code [D] float32, result header with ``measures`` {'mouth_open', 'smile'}) for one photo."""
+        header = {"face_index": face_index}
+        if image_path is not None:
+            header["image_path"] = str(image_path)
+        arrays = {"pixels": np.ascontiguousarray(pixels, np.uint8)} if pixels is not None else None
+        msg = self.request("encode", header, arrays, **kw)
+        code = np.array(msg.arrays.get("code", np.zeros(0)), np.float32)
+        if code.ndim != 1:
+            raise EngineCrashed(f"encode returned a code of shape {list(code.shape)}")
+        return code, msg.header
+
+    def train_direction(self, codes, labels, name: str, source: str = "", c: float | str = "auto", **kw) -> dict:
+        """The direction dict (file format of :mod:`fastavatar_engine.directions`) learnt by a linear
+        SVM from ``codes`` [N,D] and ``labels`` [N] (1 = has the attribute)."""
+        msg = self.request("train_direction", {"name": name, "source": source, "C": c if c == "auto" else float(c)},
+                           {"codes": np.asarray(codes, np.float32), "labels": np.asarray(labels, np.uint8)}, **kw)
+        return msg.header["direction"]
+
+    def refine(self, code, image_path=None, steps: int = 300, face_index: int | None = None,
+               mode: str = "auto", progress=None, cancel=None, image_paths=None, preview_every: int = 0,
+               preview=None, pixels=None, **kw):
+        """(GaussianSet, refined code, result header): refine ``code`` against the photo (path or
+        pixels) or several (``image_paths``). ``preview(header, arrays)`` gets ``arrays['packed']``
+        [N,59] every ``preview_every`` steps. ``header['arrays']['base_packed']`` is the plain decode
+        of the refined code."""
+        header = {"steps": int(steps), "face_index": face_index, "mode": mode, "preview_every": int(preview_every)}
+        arrays = {"code": np.asarray(code, np.float32)}
+        if image_paths is not None:
+            header["image_paths"] = [str(q) for q in image_paths]
+        elif pixels is not None:
+            arrays["pixels"] = np.ascontiguousarray(pixels, np.uint8)
+        else:
+            header["image_path"] = str(image_path)
+        msg = self.request("refine", header, arrays, progress=progress, cancel=cancel, preview=preview, **kw)
+        return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), _with_arrays(msg)
+
+
+def _with_arrays(msg) -> dict:
+    """The result header with the frame's extra arrays (beyond the Gaussians) under 'arrays'."""
+    return dict(msg.header, arrays={k: v for k, v in msg.arrays.items() if k not in GAUSSIAN_ARRAYS})

@@ -54,35 +54,47 @@ def _identity_similarity(generator, g, photo_embedding, frontal_view) -> float |
     return round(float(np.dot(generator.embedder.embed(img, faces[0]), photo_embedding)), 4)
 
 
-def evaluate_subject(data_dir, subject: str, input_view: int = FRONTAL_CAMERA, refine_steps: int = 0,
+def evaluate_subject(data_dir, subject: str, input_view=FRONTAL_CAMERA, refine_steps: int = 0,
                      model=None, image_scale: float = 0.5, generator=None, progress=None,
-                     refine_mode: str = "auto", geometry_anchor: float = 0.0) -> dict:
+                     refine_mode: str = "auto", geometry_anchor: float = 0.0, precision: str = "auto",
+                     held_out=None) -> dict:
     """Run the evaluation on cameras 0-15 of ``data_dir/subject``; returns the JSON-ready dict.
 
-    ``input_view``: camera index of the input photo (full resolution); the other cameras are
-    rendered at ``image_scale``. Keys: ``feed_forward`` and (with ``refine_steps`` > 0)
-    ``refined``, each with ``mean`` and per-view ``views`` metrics (PSNR in dB, SSIM, L1, each
-    also inside the foreground mask) and ``identity_similarity``. Raises ``ValueError`` for a
-    missing camera, ``CameraError`` for a malformed subject folder, face errors from generation.
+    ``input_view``: camera index of the input photo (full resolution), or a list of indices for
+    a multi-photo avatar (:meth:`AvatarGenerator.generate_multi`; refinement then fits every input
+    view at its calibrated camera). ``held_out``: the cameras scored (default: all the others);
+    pass the same set to compare one input view with several. The scored cameras are rendered at
+    ``image_scale``. Keys: ``feed_forward`` and (with ``refine_steps`` > 0) ``refined``, each with
+    ``mean`` and per-view ``views`` metrics (PSNR in dB, SSIM, L1, each also inside the foreground
+    mask) and ``identity_similarity``. Raises ``ValueError`` for a missing camera or an input view
+    among the scored ones, ``CameraError`` for a malformed subject folder, face errors from generation.
     """
-    from .generate import AvatarGenerator
+    from .generate import AvatarGenerator, RefineView
 
+    inputs = [input_view] if isinstance(input_view, int) else [int(v) for v in input_view]
+    if not inputs or len(set(inputs)) != len(inputs):
+        raise ValueError(f"input views must be distinct camera indices, got {inputs}")
     root = Path(data_dir) / subject
     gen = generator or AvatarGenerator(model)
     all_views = load_views(root, camera_indices=list(range(16)), scale=image_scale)
-    if input_view not in {v.camera_index for v in all_views}:
-        raise ValueError(f"{root}: no camera {input_view}")
-    others = [v for v in all_views if v.camera_index != input_view]
-    (full_input,) = load_views(root, camera_indices=[input_view], scale=1.0)
+    known = {v.camera_index for v in all_views}
+    for v in inputs:
+        if v not in known:
+            raise ValueError(f"{root}: no camera {v}")
+    scored = sorted(known - set(inputs)) if held_out is None else sorted(int(c) for c in held_out)
+    if set(scored) & set(inputs) or not set(scored) <= known or not scored:
+        raise ValueError(f"held-out cameras {scored} must be known cameras other than the inputs {inputs}")
+    others = [v for v in all_views if v.camera_index in scored]
+    full_inputs = load_views(root, camera_indices=inputs, scale=1.0)
     (frontal,) = load_views(root, camera_indices=[FRONTAL_CAMERA], scale=1.0)
-    photo = (full_input.image.numpy() * 255 + 0.5).astype(np.uint8)
+    photos = [(v.image.numpy() * 255 + 0.5).astype(np.uint8) for v in full_inputs]
 
     t = time.perf_counter()
-    avatar = gen.generate(photo)
+    avatar = gen.generate(photos[0]) if len(photos) == 1 else gen.generate_multi(photos)
     ff_time = time.perf_counter() - t
     feed_forward = avatar.gaussians.to_torch()
     result = {
-        "subject": subject, "input_view": input_view, "model_id": gen.model.model_id,
+        "subject": subject, "input_view": inputs[0] if len(inputs) == 1 else inputs, "model_id": gen.model.model_id,
         "image_scale": image_scale, "evaluated_cameras": [v.camera_index for v in others],
         "feed_forward": _metrics(feed_forward, others) | {
             "time_s": round(ff_time, 3),
@@ -90,9 +102,10 @@ def evaluate_subject(data_dir, subject: str, input_view: int = FRONTAL_CAMERA, r
     }
     if refine_steps > 0:
         t = time.perf_counter()
-        gen.refine(avatar, photo, refine_steps, c2w=full_input.c2w, K=full_input.K,
-                   mask=full_input.mask.numpy(), mask_is_foreground=True, progress=progress, mode=refine_mode,
-                   geometry_anchor=geometry_anchor)
+        views = [RefineView(p, v.c2w, v.K, v.mask.numpy(), mask_is_foreground=True, name=f"camera {v.camera_index}")
+                 for p, v in zip(photos, full_inputs)]
+        gen.refine(avatar, photos[0], refine_steps, views=views, progress=progress, mode=refine_mode,
+                   geometry_anchor=geometry_anchor, precision=precision)
         g = avatar.gaussians.to_torch()
         result["refined"] = _metrics(g, others) | {
             "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps, "mode": avatar.refine_mode,

@@ -199,3 +199,35 @@ class GaussianSet:
         from .render.types import GaussianTensors
 
         return GaussianTensors.from_numpy(self, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+#: Columns of the packed layout: positions, then the INRIA PLY's per-splat properties in file order
+#: (without the unused normals): 3 + 3 + 45 + 1 + 3 + 4 = 59 for SH degree 3.
+PACKED_COLUMNS = (["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
+                  + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
+
+
+def pack_gaussians(g: GaussianSet) -> np.ndarray:
+    """[N, 59] float32 in :data:`PACKED_COLUMNS` order (``f_rest`` channel-major, as in the INRIA
+    PLY; rotations as stored, w first). The Blender add-on's attributes and the engine's decode
+    tangents use this layout; the map is linear, so packed residuals and tangents add up."""
+    n = len(g.means)
+    sh = np.asarray(g.sh, np.float32)
+    rest = np.zeros((n, 3, 15), np.float32)
+    k = min(sh.shape[1] - 1, 15)
+    rest[:, :, :k] = sh[:, 1:1 + k, :].transpose(0, 2, 1)
+    return np.concatenate([np.asarray(g.means, np.float32), sh[:, 0, :], rest.reshape(n, 45),
+                           np.asarray(g.opacity_logits, np.float32)[:, None], np.asarray(g.log_scales, np.float32),
+                           np.asarray(g.rotations, np.float32)], axis=1)
+
+
+def unpack_gaussians(packed: np.ndarray) -> GaussianSet:
+    """Inverse of :func:`pack_gaussians`; raises :class:`GaussianValidationError` for a shape other than [N, 59]."""
+    p = np.asarray(packed, np.float32)
+    if p.ndim != 2 or p.shape[1] != len(PACKED_COLUMNS):
+        raise GaussianValidationError(f"packed Gaussians must be [N, {len(PACKED_COLUMNS)}], got {list(p.shape)}")
+    n = p.shape[0]
+    sh = np.empty((n, SH_COEFFS, 3), np.float32)
+    sh[:, 0] = p[:, 3:6]
+    sh[:, 1:] = p[:, 6:51].reshape(n, 3, 15).transpose(0, 2, 1)
+    return GaussianSet(p[:, 0:3], p[:, 52:55], p[:, 55:59], p[:, 51], sh)

@@ -28,6 +28,7 @@ from .protocol import (
     MAX_PAYLOAD_BYTES, PROTOCOL_VERSION, FrameError, FrameReader, StreamClosed,
     encode_frame, error_header, gaussian_arrays,
 )
+from .gaussians import pack_gaussians
 
 log = logging.getLogger("fastavatar.serve")
 
@@ -35,6 +36,8 @@ log = logging.getLogger("fastavatar.serve")
 MAX_PIXELS = 64_000_000
 MAX_REFINE_STEPS = 100_000
 MAX_DIRECTIONS = 4096
+MAX_PHOTOS = 64
+MAX_TRAIN_CODES = 100_000
 
 
 class RequestError(Exception):
@@ -118,10 +121,19 @@ class Engine:
         return c
 
     def _avatar_result(self, avatar, elapsed_s: float) -> tuple[dict, dict]:
+        """Result of generate/refine: the Gaussians, ``code``, and for a refined avatar
+        ``base_packed`` [N,59] = the plain decode of the refined code (packed layout), from which
+        the client keeps the refinement as a per-Gaussian residual."""
+        import torch
+
         arrays = gaussian_arrays(avatar.gaussians)
         arrays["code"] = np.asarray(avatar.code, np.float32)
+        if avatar.refined_steps:
+            with torch.no_grad():
+                arrays["base_packed"] = pack_gaussians(self.model.decode(avatar.code).to_numpy())
         cam = avatar.camera.to_json() if avatar.camera is not None else None
         return ({"model_id": avatar.model_id, "camera": cam, "photo": avatar.photo,
+                 "photos": [v.name for v in avatar.views] if avatar.views else None,
                  "refined_steps": avatar.refined_steps, "refine_mode": avatar.refine_mode,
                  "timings_ms": {k: round(v, 2) for k, v in avatar.timings_ms.items()},
                  "elapsed_ms": round(1e3 * elapsed_s, 2)}, arrays)
@@ -138,13 +150,29 @@ class Engine:
                 "device_name": (torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"),
                 "model": self.model_info(), "pid": os.getpid()}, {}
 
+    def _photos(self, header, arrays) -> list | None:
+        """The list of photo paths of a multi-photo request (``image_paths``), or None."""
+        paths = header.get("image_paths")
+        if paths is None:
+            return None
+        if (not isinstance(paths, list) or not 1 <= len(paths) <= MAX_PHOTOS
+                or not all(isinstance(q, str) and q for q in paths)):
+            raise RequestError("bad_request", f"'image_paths' must be a list of 1-{MAX_PHOTOS} paths")
+        if "image_path" in header or "pixels" in arrays:
+            raise RequestError("bad_request", "give either 'image_paths' or one photo ('image_path'/'pixels')")
+        return paths
+
     def generate(self, header, arrays, emit, cancelled):
         t = time.perf_counter()
-        photo = self._photo(header, arrays)
+        photos = self._photos(header, arrays)
         steps = _int(header, "refine_steps", 0, 0, MAX_REFINE_STEPS)
         progress, was_cancelled = self._progress(header, emit, cancelled)
-        avatar = self.generator.generate(photo, face_index=self._face_index(header), refine_steps=steps,
-                                         progress=progress, mode=self._mode(header))
+        kwargs = dict(face_index=self._face_index(header), refine_steps=steps, progress=progress,
+                      mode=self._mode(header), **self._preview(header, emit))
+        if photos is not None:
+            avatar = self.generator.generate_multi(photos, **kwargs)
+        else:
+            avatar = self.generator.generate(self._photo(header, arrays), **kwargs)
         if was_cancelled():
             raise _Cancelled()
         return self._avatar_result(avatar, time.perf_counter() - t)
@@ -169,24 +197,95 @@ class Engine:
             w = w + np.asarray(amounts, np.float32) @ d
         elif amounts:
             raise RequestError("bad_request", "'amounts' given without 'directions'")
+        want_tangents = header.get("tangents", False)
+        if not isinstance(want_tangents, bool) or (want_tangents and directions is None):
+            raise RequestError("bad_request", "'tangents' must be true or false, and needs 'directions'")
         with torch.no_grad():
             g = self.model.decode(w).to_numpy()
         out = gaussian_arrays(g)
         out["code"] = w.astype(np.float32)
+        if want_tangents:
+            out["tangents"] = self._tangents(w, d)
         return {"model_id": self.model.model_id, "elapsed_ms": round(1e3 * (time.perf_counter() - t), 2)}, out
+
+    def _tangents(self, w: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """[M, N, 59] float32: d(packed Gaussians)/d(amount_m) at code ``w`` along each row of
+        ``directions`` [M, D] (forward-mode AD, ``torch.func.jvp``); the first-order model the
+        add-on scrubs sliders with."""
+        import torch
+
+        wt = torch.as_tensor(w, device=self.device)
+        out = []
+        for row in directions:
+            _, tangent = torch.func.jvp(lambda c: _packed_torch(self.model.decoder(c)), (wt,),
+                                        (torch.as_tensor(row, device=self.device),))
+            out.append(tangent.detach().cpu().numpy().astype(np.float32))
+        return np.stack(out) if out else np.zeros((0, self.model.decoder.num_gaussians, 59), np.float32)
+
+    def encode(self, header, arrays, emit, cancelled):
+        """Photo -> code ``w`` (no decode) and the face's expression measures
+        (:func:`directions.expression_measures`), for building directions from photo sets."""
+        from .directions import expression_measures
+
+        t = time.perf_counter()
+        gen = self.generator
+        image, name, face, _ = gen._detect(self._photo(header, arrays), self._face_index(header))
+        w = gen.model.encode(gen.embedder.embed(image, face))
+        return ({"model_id": self.model.model_id, "photo": None if name == "<bytes>" else name,
+                 "measures": expression_measures(face.landmarks),
+                 "elapsed_ms": round(1e3 * (time.perf_counter() - t), 2)},
+                {"code": w.detach().cpu().numpy().astype(np.float32)})
+
+    def train_direction(self, header, arrays, emit, cancelled):
+        """Linear SVM on ``codes`` [N,D] with ``labels`` [N] (1 = has the attribute) ->
+        ``direction`` (the file format's dict, :mod:`.directions`)."""
+        from .directions import DirectionError, train_direction
+
+        codes, labels = arrays.get("codes"), arrays.get("labels")
+        if codes is None or labels is None:
+            raise RequestError("bad_request", "train_direction needs 'codes' [N,D] and 'labels' [N] arrays")
+        if codes.ndim != 2 or codes.shape[1] != self.model.code_dim or not 4 <= codes.shape[0] <= MAX_TRAIN_CODES:
+            raise RequestError("bad_request", f"'codes' must be [4..{MAX_TRAIN_CODES}, {self.model.code_dim}], "
+                                              f"got {list(codes.shape)}")
+        name = header.get("name")
+        c = header.get("C", "auto")
+        if c != "auto" and (not isinstance(c, (int, float)) or isinstance(c, bool) or not 1e-6 <= c <= 1e6):
+            raise RequestError("bad_request", f"'C' must be 'auto' or a number in [1e-6, 1e6], got {c!r}")
+        try:
+            d = train_direction(codes, labels, name, self.model.model_id, c=c if c == "auto" else float(c),
+                                source=str(header.get("source", ""))[:500])
+        except DirectionError as e:
+            raise RequestError("bad_request", str(e)) from None
+        return {"direction": d.to_json()}, {}
 
     def refine(self, header, arrays, emit, cancelled):
         t = time.perf_counter()
         code = self._code(arrays)
-        photo = self._photo(header, arrays)
+        photos = self._photos(header, arrays)
         steps = _int(header, "steps", 300, 1, MAX_REFINE_STEPS)
         mode = self._mode(header)
-        avatar, image = self.generator.avatar_from_code(photo, code, face_index=self._face_index(header))
+        fi = self._face_index(header)
+        if photos is not None:
+            avatar = self.generator.generate_multi(photos, face_index=fi)
+            avatar.code = self.model.check_code(code).cpu().numpy().astype(np.float32)
+            image = avatar.views[0].image
+        else:
+            avatar, image = self.generator.avatar_from_code(self._photo(header, arrays), code, face_index=fi)
         progress, was_cancelled = self._progress(header, emit, cancelled)
-        self.generator.refine(avatar, image, steps, progress=progress, mode=mode)
+        self.generator.refine(avatar, image, steps, progress=progress, mode=mode, **self._preview(header, emit))
         if was_cancelled():
             raise _Cancelled()
         return self._avatar_result(avatar, time.perf_counter() - t)
+
+    @staticmethod
+    def _preview(header, emit) -> dict:
+        """Refinement keyword arguments for live previews: every ``preview_every`` steps a
+        ``progress`` event (stage 'preview') carries the current Gaussians as ``packed`` [N,59]."""
+        every = _int(header, "preview_every", 0, 0, MAX_REFINE_STEPS)
+        if not every:
+            return {}
+        return {"preview_every": every,
+                "preview": lambda g: emit({"type": "progress", "stage": "preview"}, {"packed": pack_gaussians(g)})}
 
     @staticmethod
     def _mode(header) -> str:
@@ -213,6 +312,15 @@ class Engine:
         return progress, lambda: state["cancelled"]
 
 
+def _packed_torch(g):
+    """[N, 59] torch tensor of GaussianTensors ``g`` in :data:`gaussians.PACKED_COLUMNS` order."""
+    import torch
+
+    n = g.means.shape[0]
+    return torch.cat([g.means, g.sh[:, 0, :], g.sh[:, 1:16, :].transpose(1, 2).reshape(n, 45),
+                      g.opacity_logits[:, None], g.log_scales, g.rotations], 1)
+
+
 def _int(header, key, default, lo, hi) -> int:
     v = header.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
@@ -223,7 +331,7 @@ def _int(header, key, default, lo, hi) -> int:
 class Server:
     """The request loop. ``inp``/``out``: binary streams (stdin/stdout of the process)."""
 
-    HANDLERS = ("hello", "generate", "decode", "refine")
+    HANDLERS = ("hello", "generate", "decode", "refine", "encode", "train_direction")
 
     def __init__(self, engine: Engine, inp, out, max_payload: int = MAX_PAYLOAD_BYTES):
         self.engine = engine
@@ -281,7 +389,7 @@ class Server:
             t = time.perf_counter()
             try:
                 header, arrays = getattr(self.engine, msg.type)(
-                    msg.header, msg.arrays, lambda h: self.send(dict(h, id=rid)),
+                    msg.header, msg.arrays, lambda h, a=None: self.send(dict(h, id=rid), a),
                     lambda: rid in self.cancelled)
                 self.send(dict(header, type="result", id=rid, request=msg.type), arrays)
             except BaseException as e:  # noqa: BLE001 - every request ends in a result or an error

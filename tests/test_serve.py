@@ -160,3 +160,85 @@ def test_engine_that_cannot_start_says_why(tmp_path):
     assert info.value.kind == "model"
     with pytest.raises(Exception, match="cannot start"):
         EngineClient([str(tmp_path / "no-python"), "-m", "x"]).start()
+
+
+def test_decode_tangents_match_finite_differences(engine, model):
+    from fastavatar_engine.gaussians import pack_gaussians
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(512).astype(np.float32) * 0.1
+    dirs = rng.standard_normal((2, 512)).astype(np.float32)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    g, code, header = engine.decode(w, dirs, [0.3, -0.2], tangents=True)
+    tangents = header["arrays"]["tangents"]
+    assert tangents.shape == (2, 10144, 59)
+    w_eff = w + 0.3 * dirs[0] - 0.2 * dirs[1]
+    np.testing.assert_allclose(code, w_eff, atol=1e-6)
+    # independent: central differences of a float64 copy of the decoder (ReLU kinks make a few
+    # Gaussians' differences inexact, hence the max bound is looser than the typical one)
+    import copy
+
+    from fastavatar_engine.serve import _packed_torch
+
+    dec64 = copy.deepcopy(model.decoder).double()
+    h = 1e-5
+    for m in range(2):
+        wd, dd = torch.tensor(w_eff, dtype=torch.float64), torch.tensor(dirs[m], dtype=torch.float64)
+        with torch.no_grad():
+            fd = ((_packed_torch(dec64(wd + h * dd)) - _packed_torch(dec64(wd - h * dd))) / (2 * h)).numpy()
+        err = np.abs(tangents[m] - fd)
+        scale = np.abs(fd).max()
+        assert err.max() < 2e-2 * scale and np.median(err) < 1e-4 * scale, (m, err.max(), np.median(err), scale)
+    with pytest.raises(EngineError, match="needs 'directions'"):
+        engine.request("decode", {"tangents": True}, {"code": w})
+
+
+def test_encode_returns_the_code_and_expression_measures(engine, model, astronaut):
+    g, code_gen, _ = engine.generate(str(astronaut))
+    code, header = engine.encode(image_path=str(astronaut))
+    np.testing.assert_allclose(code, code_gen, atol=1e-6)
+    m = header["measures"]
+    assert set(m) == {"mouth_open", "smile"} and 0 <= m["mouth_open"] < 0.1 and 0.5 < m["smile"] < 1.5
+
+
+def test_train_direction_request(engine):
+    rng = np.random.default_rng(1)
+    d0 = rng.standard_normal(512)
+    d0 /= np.linalg.norm(d0)
+    labels = np.arange(40) % 2
+    codes = rng.standard_normal((40, 512)) * 0.05 + np.outer(np.where(labels == 1, 1.0, -1.0), d0)
+    d = engine.train_direction(codes, labels, "planted")
+    assert d["model_id"] == "fastavatar-default-v1" and d["name"] == "planted"
+    assert float(np.dot(d["vector"], d0)) > 0.9 and d["accuracy"]["train"] == 1.0
+    with pytest.raises(EngineError, match="at least 2"):
+        engine.train_direction(codes[:4], np.array([1, 0, 0, 0]), "x")
+    with pytest.raises(EngineError, match="'codes' must be"):
+        engine.train_direction(codes[:, :10], labels, "x")
+
+
+def test_generate_from_several_photos_fuses_the_codes(engine, astronaut, tmp_path):
+    from PIL import Image
+
+    flipped = tmp_path / "flipped.png"
+    Image.open(astronaut).transpose(Image.FLIP_LEFT_RIGHT).save(flipped)
+    _, c1, _ = engine.generate(str(astronaut))
+    _, c2, _ = engine.generate(str(flipped))
+    g, fused, header = engine.generate(image_paths=[str(astronaut), str(flipped)])
+    np.testing.assert_allclose(fused, (c1 + c2) / 2, atol=1e-5)
+    assert header["photos"] == [str(astronaut), str(flipped)] and len(g) == 10144
+    with pytest.raises(EngineError, match="either 'image_paths' or one photo"):
+        engine.request("generate", {"image_paths": [str(astronaut)], "image_path": str(astronaut)})
+
+
+def test_refine_streams_live_previews_and_returns_the_base_decode(engine, model, astronaut):
+    from fastavatar_engine.gaussians import pack_gaussians
+
+    _, code, _ = engine.generate(str(astronaut))
+    previews = []
+    g, code2, header = engine.refine(code, str(astronaut), steps=4, preview_every=2,
+                                     preview=lambda h, a: previews.append(a["packed"]))
+    assert len(previews) == 1 and previews[0].shape == (10144, 59)  # at step 2 (not at the end)
+    base = header["arrays"]["base_packed"]
+    with torch.no_grad():
+        np.testing.assert_allclose(base, pack_gaussians(model.decode(code2).to_numpy()), atol=1e-5)
+    assert np.abs(pack_gaussians(g) - base).max() > 1e-5  # the fine-tuned decoder differs from the base

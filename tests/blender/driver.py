@@ -45,6 +45,133 @@ def run_generate():
         return ["CANCELLED"], str(e)
 
 
+def packed(obj):
+    from blender_addon import editing
+
+    return editing.read_packed(obj.data)
+
+
+def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
+    """Refine / interpolate / directions / keyframes / save-reload / append, dumped for pytest."""
+    import time
+
+    import bpy
+
+    from blender_addon import avatar as avatar_mod
+    from blender_addon import editing
+
+    info = {}
+    arrays = {}
+
+    def gen(photo):
+        scene.fastavatar.photo_path = photo
+        assert run_generate() == (["FINISHED"], ""), scene.fastavatar.status
+        return bpy.context.active_object
+
+    a, b = gen(photo_a), gen(photo_b)
+    arrays["a_code"], arrays["b_code"] = avatar_mod.get_code(a), avatar_mod.get_code(b)
+    arrays["a_plain"], arrays["b_plain"] = packed(a), packed(b)
+    # --- directions: the library's planted one; another model's is refused
+    bpy.context.view_layer.objects.active = a
+    bpy.ops.fastavatar.add_direction(name="planted")
+    try:
+        bpy.ops.fastavatar.add_direction(filepath=str(Path(other_model_dir) / "foreign.json"))
+        info["foreign"] = "accepted"
+    except RuntimeError as e:
+        info["foreign"] = str(e)
+    info["a_edits"] = [e.name for e in a.fastavatar.edits]
+    # --- timeline: keyed at 1 and 24, exact decode at 12
+    item = a.fastavatar.edits["planted"]
+    scene.frame_set(1)
+    item.amount = 0.0
+    a.keyframe_insert('fastavatar.edits["planted"].amount', frame=1)
+    item.amount = 2.0
+    a.keyframe_insert('fastavatar.edits["planted"].amount', frame=24)
+    scene.frame_set(12)
+    info["amount_12"] = a.fastavatar.edits["planted"].amount
+    arrays["a_12"] = packed(a)
+    # --- interpolation between A (as shown at frame 12) and B
+    for o in bpy.context.view_layer.objects:
+        o.select_set(o in (a, b))
+    bpy.context.view_layer.objects.active = a
+    bpy.ops.fastavatar.interpolate(mix=0.0)
+    blend = bpy.context.active_object
+    info["blend_name"] = blend.name
+    arrays["blend_0"] = packed(blend)
+    blend.fastavatar.mix = 1.0
+    arrays["blend_1"] = packed(blend)
+    blend.fastavatar.mix = 0.5
+    arrays["blend_05"] = packed(blend)
+    blend.keyframe_insert("fastavatar.mix", frame=1)
+    # --- refinement: cancelled mid-way (after a live preview) leaves B exactly as it was
+    session = editing.RefineSession(b, steps=400, preview_every=1).start()
+    t0 = time.time()
+    while not session.previewed and time.time() - t0 < 120:
+        session.tick()
+        time.sleep(0.02)
+    info["previewed"] = session.previewed
+    arrays["b_preview"] = packed(b)
+    session.cancel()
+    while not session.job.done and time.time() - t0 < 180:
+        time.sleep(0.05)
+    info["cancel_error"] = type(session.job.error).__name__ if session.job.error else None
+    arrays["b_after_cancel"] = packed(b)
+    # --- refinement through the operator (synchronous in background mode)
+    bpy.context.view_layer.objects.active = b
+    scene.fastavatar.refine_steps = 3
+    assert sorted(bpy.ops.fastavatar.refine()) == ["FINISHED"], scene.fastavatar.status
+    info["b_refined_steps"] = b.fastavatar.refined_steps
+    arrays["b_code_refined"] = avatar_mod.get_code(b)
+    arrays["b_refined"] = packed(b)
+    arrays["b_residual"] = editing.get_residual(b.data)
+    bpy.ops.fastavatar.add_direction(name="planted")
+    b.fastavatar.edits["planted"].amount = -1.5
+    arrays["b_refined_edited"] = packed(b)
+    # --- training a direction from labelled avatars (codes with a planted offset)
+    rng = np.random.default_rng(0)
+    d = np.asarray(a["fastavatar_directions"]["planted"], np.float32)
+    g = avatar_mod.read_gaussians(a.data)
+    for i in range(8):
+        code = avatar_mod.get_code(a) + 0.05 * rng.standard_normal(d.shape[0]).astype(np.float32) \
+            + (0.5 if i % 2 else -0.5) * d
+        o = avatar_mod.create_avatar_object(bpy.context, g, code, name=f"Labelled{i}", model_id=a.fastavatar.model_id)
+        o.fastavatar.label = "HAS" if i % 2 else "LACKS"
+    scene.fastavatar.direction_name = "trained"
+    assert sorted(bpy.ops.fastavatar.train_direction()) == ["FINISHED"]
+    info["train_status"] = scene.fastavatar.status
+    for o in [o for o in bpy.data.objects if o.name.startswith("Labelled")]:
+        bpy.data.objects.remove(o)
+    # --- save, reload, re-evaluate frame 12, append into a new file
+    names = (a.name, b.name, blend.name)
+    blend_path = out / "edited.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend_path))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(blend_path))
+    a, b, blend = (bpy.data.objects[n] for n in names)
+    arrays["a_reloaded"] = packed(a)
+    arrays["b_reloaded"] = packed(b)
+    arrays["b_residual_reloaded"] = editing.get_residual(b.data)
+    info["reloaded_edits"] = {o.name: [(e.name, e.amount) for e in o.fastavatar.edits] for o in (a, b)}
+    info["reloaded_blend"] = [blend.fastavatar.blend_a.name, blend.fastavatar.blend_b.name, blend.fastavatar.mix]
+    bpy.context.scene.frame_set(1)
+    bpy.context.scene.frame_set(12)
+    arrays["a_12_reloaded"] = packed(a)
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.append(directory=str(blend_path) + "/Object/", filename=names[1])
+    b2 = bpy.data.objects[names[1]]
+    arrays["b_appended"] = packed(b2)
+    arrays["b_residual_appended"] = editing.get_residual(b2.data)
+    info["appended_edits"] = [(e.name, e.amount) for e in b2.fastavatar.edits]
+    info["appended_code_equal"] = bool(np.array_equal(avatar_mod.get_code(b2), arrays["b_code_refined"]))
+    info["appended_directions"] = sorted(b2["fastavatar_directions"].keys())
+    bpy.ops.wm.append(directory=str(blend_path) + "/Object/", filename=names[0])
+    a2 = bpy.data.objects[names[0]]
+    ad = a2.animation_data
+    info["appended_keyframes"] = len(editing._fcurves(ad.action)[0].keyframe_points) if ad and ad.action else 0
+    np.savez(out / "editing.npz", **arrays)
+    (out / "editing.json").write_text(json.dumps(info))
+
+
 def main():
     scenario, out = sys.argv[1], Path(sys.argv[2])
     args = sys.argv[3:]
@@ -117,6 +244,9 @@ def main():
             bpy.ops.wm.read_factory_settings(use_empty=True)
             bpy.ops.wm.open_mainfile(filepath=str(blend))
             result["reloaded"] = dump_object(bpy.data.objects[name], out, "reloaded")
+        elif scenario == "editing":
+            run_editing(scene, out, *args)
+            result["ok"] = True
         elif scenario == "no_engine":
             os.environ["FASTAVATAR_ENGINE_PYTHON"] = str(out / "missing-python")
             scene.fastavatar.photo_path = args[0]

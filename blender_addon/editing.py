@@ -1,0 +1,591 @@
+"""Latent editing of avatar objects: refinement, blends, attribute directions, timeline.
+
+**What an avatar holds** (all saved in the .blend, all travelling with the object on append):
+
+* ``obj["fastavatar_code"]``: the base code ``w`` [D] (after refinement, the refined code);
+* refinement, when done, as a per-Gaussian **residual** ``R`` [N, 59] in the packed layout
+  (:data:`fastavatar_engine.gaussians.PACKED_COLUMNS`), stored as float point attributes
+  ``fa_res_<column>`` on the mesh: ``R = refined Gaussians - decode(refined w)``. The
+  refinement's fine-tuned decoder is not kept (megabytes per avatar); its effect on this
+  avatar is, exactly, and edits ride on top of it: Gaussians = ``decode(w + sum_k a_k d_k) + R``.
+  At zero edits this reproduces the refined avatar (to float32 rounding); edits move the
+  avatar in the base model's latent space and keep the refinement's per-Gaussian detail, a
+  first-order transfer that is exact for the code and approximate for the detail.
+* ``obj.fastavatar.edits``: one entry per attribute direction (name + keyframable ``amount``);
+  the unit vectors themselves are copied onto the object (``obj["fastavatar_directions"]``) so
+  that a .blend never depends on the library folder;
+* a **blend** avatar (:func:`create_blend`) points at two input avatars (``blend_a``,
+  ``blend_b``) and has a keyframable ``mix`` t in [0, 1]: its code is ``(1-t) w_A' + t w_B'``
+  and its residual ``(1-t) R_A + t R_B``, where ``w'`` is an input's code with its own edits
+  applied; at t = 0 or 1 (and no edits of its own) it copies that input's current arrays, so
+  the endpoints reproduce the inputs exactly, refined or not.
+
+**Updates.** An exact update decodes the effective code in the engine (one request) and
+writes every attribute. Exact updates happen for every frame of a render and always in
+background mode (``blender -b``), so rendered animations are exact. While an artist drags a
+slider or scrubs the timeline, the add-on instead evaluates the first-order model
+``G(p) ~ G(p0) + sum_k (p_k - p0_k) dG/dp_k`` in numpy, with the tangents ``dG/dp_k`` that the
+engine computes by forward-mode AD at the last exact state ``p0``; ~0.3 s after the last change
+an exact decode (and fresh tangents) replaces the approximation. ``benchmarks/bench_blender.py``
+measures the update rate.
+
+numpy + bpy only; torch stays in the engine process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from fastavatar_engine.gaussians import PACKED_COLUMNS, pack_gaussians, unpack_gaussians
+
+from . import avatar as avatar_mod
+from . import engine
+
+DIRECTIONS_KEY = "fastavatar_directions"
+PHOTOS_KEY = "fastavatar_photos"
+RESIDUAL_PREFIX = "fa_res_"
+MAX_BLEND_DEPTH = 8
+#: seconds without parameter changes before the exact decode replaces the linear preview
+SETTLE_S = 0.3
+
+_rendering = False
+# per-object (keyed by the object's session uid) cache of the last exact state:
+# {"params": tuple, "key": structure key, "packed": [N,59], "tangents": [K,N,59], "shown": tuple, "changed": t}
+_cache: dict = {}
+_refresh_job = None
+
+
+# ---------------------------------------------------------------------- packed arrays on a mesh
+def read_packed(mesh) -> np.ndarray:
+    """[N, 59] float32: the mesh's Gaussians (positions + INRIA attributes) in the packed layout."""
+    return pack_gaussians(avatar_mod.read_gaussians(mesh))
+
+
+def write_packed(mesh, packed: np.ndarray) -> None:
+    """Write [N, 59] packed Gaussians into ``mesh`` (positions + INRIA attributes)."""
+    avatar_mod.write_gaussians(mesh, unpack_gaussians(packed))
+
+
+def get_residual(mesh) -> np.ndarray | None:
+    """The refinement residual [N, 59] float32 stored on ``mesh``, or None when not refined."""
+    n = len(mesh.vertices)
+    if mesh.attributes.get(RESIDUAL_PREFIX + PACKED_COLUMNS[0]) is None:
+        return None
+    out = np.empty((len(PACKED_COLUMNS), n), np.float32)
+    for i, name in enumerate(PACKED_COLUMNS):
+        attr = mesh.attributes.get(RESIDUAL_PREFIX + name)
+        if attr is None:
+            raise KeyError(f"mesh {mesh.name!r} has an incomplete refinement residual (no {RESIDUAL_PREFIX + name})")
+        attr.data.foreach_get("value", out[i])
+    return np.ascontiguousarray(out.T)
+
+
+def set_residual(mesh, residual: np.ndarray | None) -> None:
+    """Store (or with None remove) the refinement residual [N, 59] as ``fa_res_*`` point attributes."""
+    for name in PACKED_COLUMNS:
+        attr = mesh.attributes.get(RESIDUAL_PREFIX + name)
+        if attr is not None and residual is None:
+            mesh.attributes.remove(attr)
+    if residual is None:
+        return
+    r = np.asarray(residual, np.float32)
+    if r.shape != (len(mesh.vertices), len(PACKED_COLUMNS)):
+        raise ValueError(f"residual must be [{len(mesh.vertices)}, {len(PACKED_COLUMNS)}], got {list(r.shape)}")
+    for i, name in enumerate(PACKED_COLUMNS):
+        attr = mesh.attributes.get(RESIDUAL_PREFIX + name) or mesh.attributes.new(RESIDUAL_PREFIX + name, "FLOAT", "POINT")
+        attr.data.foreach_set("value", np.ascontiguousarray(r[:, i]))
+
+
+# ---------------------------------------------------------------------- directions on objects
+def object_directions(obj) -> dict[str, np.ndarray]:
+    """name -> unit vector [D] float32 of the directions copied onto ``obj``."""
+    group = obj.get(DIRECTIONS_KEY)
+    if group is None:
+        return {}
+    return {k: np.asarray(group[k], np.float64).astype(np.float32) for k in group.keys()}
+
+
+def add_direction(obj, direction) -> None:
+    """Give ``obj`` a slider for ``direction`` (a :class:`fastavatar_engine.directions.Direction`).
+
+    Raises ``DirectionError`` when the direction belongs to another model than the avatar's."""
+    code = avatar_mod.get_code(obj)
+    direction.check_model(obj.fastavatar.model_id, code.shape[0])
+    group = obj.get(DIRECTIONS_KEY)
+    if group is None:
+        obj[DIRECTIONS_KEY] = {}
+        group = obj[DIRECTIONS_KEY]
+    group[direction.name] = [float(v) for v in direction.vector]
+    if direction.name not in obj.fastavatar.edits:
+        item = obj.fastavatar.edits.add()
+        item.name = direction.name
+
+
+def remove_direction(obj, name: str) -> None:
+    """Remove the slider ``name`` (its keyframes and vector) from ``obj``."""
+    edits = obj.fastavatar.edits
+    i = edits.find(name)
+    if i >= 0:
+        ad = obj.animation_data
+        if ad is not None and ad.action is not None:
+            path = f'fastavatar.edits["{name}"].amount'
+            for fc in _fcurves(ad.action):
+                if fc.data_path in (path, f"fastavatar.edits[{i}].amount"):
+                    _remove_fcurve(ad.action, fc)
+        edits.remove(i)
+    group = obj.get(DIRECTIONS_KEY)
+    if group is not None and name in group:
+        del group[name]
+
+
+def _fcurves(action):
+    """Every F-curve of ``action`` (legacy ``action.fcurves`` before 4.4, layered actions after)."""
+    if hasattr(action, "layers") and len(getattr(action, "layers", [])):
+        out = []
+        for layer in action.layers:
+            for strip in layer.strips:
+                for bag in getattr(strip, "channelbags", []):
+                    out.extend(bag.fcurves)
+        return out
+    return list(getattr(action, "fcurves", []))
+
+
+def _remove_fcurve(action, fc):
+    if hasattr(action, "layers") and len(getattr(action, "layers", [])):
+        for layer in action.layers:
+            for strip in layer.strips:
+                for bag in getattr(strip, "channelbags", []):
+                    if fc in list(bag.fcurves):
+                        bag.fcurves.remove(fc)
+                        return
+    action.fcurves.remove(fc)
+
+
+# ---------------------------------------------------------------------- effective state
+def is_blend(obj) -> bool:
+    p = obj.fastavatar
+    return p.blend_a is not None and p.blend_b is not None
+
+
+def _edit_terms(obj):
+    """(names, directions [M,D], amounts [M]) of ``obj``'s sliders."""
+    vectors = object_directions(obj)
+    names = [e.name for e in obj.fastavatar.edits if e.name in vectors]
+    amounts = np.array([obj.fastavatar.edits[n].amount for n in names], np.float32)
+    dirs = np.stack([vectors[n] for n in names]) if names else np.zeros((0, len(avatar_mod.get_code(obj))), np.float32)
+    return names, dirs, amounts
+
+
+def effective_state(obj, depth: int = 0):
+    """(base code [D], directions [M,D], amounts [M], residual [N,59] or None) of ``obj``.
+
+    Gaussians = decode(base + amounts @ directions) + residual. For a blend the base is the
+    mix of its inputs' edited codes and the residual the mix of theirs (see the module doc).
+    Raises ValueError for a blend cycle, inputs of different models or splat counts."""
+    names, dirs, amounts = _edit_terms(obj)
+    if not is_blend(obj):
+        return avatar_mod.get_code(obj), dirs, amounts, get_residual(obj.data)
+    if depth > MAX_BLEND_DEPTH:
+        raise ValueError(f"{obj.name}: blend inputs nest too deep (a cycle?)")
+    p = obj.fastavatar
+    a, b = p.blend_a, p.blend_b
+    if a.fastavatar.model_id != b.fastavatar.model_id:
+        raise ValueError(f"{a.name} and {b.name} come from different models; they cannot be blended")
+    wa, da, aa, ra = effective_state(a, depth + 1)
+    wb, db, ab, rb = effective_state(b, depth + 1)
+    wa = wa + aa @ da if len(aa) else wa
+    wb = wb + ab @ db if len(ab) else wb
+    t = np.float32(p.mix)
+    base = (np.float32(1) - t) * wa + t * wb
+    if ra is None and rb is None:
+        res = None
+    else:
+        n = len(a.data.vertices)
+        if n != len(b.data.vertices):
+            raise ValueError(f"{a.name} and {b.name} have different splat counts")
+        ra = np.zeros((n, len(PACKED_COLUMNS)), np.float32) if ra is None else ra
+        rb = np.zeros_like(ra) if rb is None else rb
+        res = (np.float32(1) - t) * ra + t * rb
+    return base, dirs, amounts, res
+
+
+def parameters(obj) -> tuple:
+    """The animatable parameters of ``obj`` (edit amounts, then the mix of a blend)."""
+    vals = tuple(float(e.amount) for e in obj.fastavatar.edits)
+    return vals + ((float(obj.fastavatar.mix),) if is_blend(obj) else ())
+
+
+def _structure_key(obj) -> tuple:
+    """What the tangents depend on besides the parameters: directions, inputs and their state."""
+    key = (tuple(e.name for e in obj.fastavatar.edits), tuple(avatar_mod.get_code(obj)[:4].tolist()))
+    if is_blend(obj):
+        a, b = obj.fastavatar.blend_a, obj.fastavatar.blend_b
+        key += (a.name, b.name, parameters(a), parameters(b),
+                tuple(avatar_mod.get_code(a)[:4].tolist()), tuple(avatar_mod.get_code(b)[:4].tolist()))
+    return key
+
+
+def exact_packed(obj, tangents: bool = False):
+    """(packed Gaussians [N,59], tangents [K,N,59] or None) for ``obj``'s current parameters.
+
+    Decodes in the engine. At a blend endpoint without edits of its own, the input's current
+    arrays are copied (exact endpoints)."""
+    p = obj.fastavatar
+    if (not tangents and is_blend(obj) and p.mix in (0.0, 1.0)
+            and not any(e.amount for e in p.edits)):
+        return read_packed((p.blend_a if p.mix == 0.0 else p.blend_b).data), None
+    return _exact_from_snapshot(_snapshot(obj), tangents)
+
+
+def update_exact(obj, tangents: bool = False) -> None:
+    """Decode ``obj``'s current parameters exactly and write the attributes (and cache tangents)."""
+    packed, tans = exact_packed(obj, tangents=tangents)
+    write_packed(obj.data, packed)
+    params = parameters(obj)
+    _cache[obj.session_uid] = {"params": params, "key": _structure_key(obj), "packed": packed,
+                               "tangents": tans, "shown": params, "changed": time.monotonic(), "exact": True}
+
+
+def update_preview(obj) -> bool:
+    """Write the first-order approximation for ``obj``'s parameters; False when no usable
+    linearisation is cached (the caller then decodes exactly)."""
+    c = _cache.get(obj.session_uid)
+    if c is None or c["tangents"] is None or c["key"] != _structure_key(obj):
+        return False
+    params = parameters(obj)
+    if params == c["shown"]:
+        return True
+    delta = np.asarray(params, np.float32) - np.asarray(c["params"], np.float32)
+    packed = c["packed"] + np.tensordot(delta, c["tangents"], axes=1) if np.any(delta) else c["packed"]
+    write_packed(obj.data, packed)
+    c.update(shown=params, changed=time.monotonic(), exact=not np.any(delta))
+    return True
+
+
+def needs_update(obj) -> bool:
+    c = _cache.get(obj.session_uid)
+    return c is None or c["shown"] != parameters(obj) or c["key"] != _structure_key(obj)
+
+
+def editable(obj) -> bool:
+    """Whether ``obj`` is an avatar with sliders or a blend (something parameters drive)."""
+    return avatar_mod.is_avatar(obj) and (len(obj.fastavatar.edits) > 0 or is_blend(obj))
+
+
+def refresh(obj, interactive: bool) -> None:
+    """Bring ``obj`` up to date: exactly (background, rendering, non-interactive), else via the
+    cached linearisation, falling back to an exact decode with tangents."""
+    if not needs_update(obj):
+        return
+    if not interactive or bpy.app.background or _rendering:
+        update_exact(obj)
+    elif not update_preview(obj):
+        update_exact(obj, tangents=True)
+    _ensure_settle_timer()
+
+
+def on_parameter_changed(obj) -> None:
+    """RNA update callback of the sliders and the mix (the user changed a value)."""
+    if obj is None or not avatar_mod.is_avatar(obj):
+        return
+    try:
+        refresh(obj, interactive=True)
+    except Exception as e:  # noqa: BLE001 - a failed update must not break the UI
+        _report_status(f"FastAvatar update failed: {engine.describe_error(e)}")
+    for dep in _dependents(obj):
+        on_parameter_changed(dep)
+
+
+def _dependents(obj) -> list:
+    return [o for o in bpy.data.objects if avatar_mod.is_avatar(o) and is_blend(o)
+            and obj in (o.fastavatar.blend_a, o.fastavatar.blend_b)]
+
+
+def _report_status(text: str) -> None:
+    scene = bpy.context.scene
+    if scene is not None and hasattr(scene, "fastavatar"):
+        scene.fastavatar.status = text[:200]
+
+
+# ---------------------------------------------------------------------- handlers
+@bpy.app.handlers.persistent
+def frame_change_post(scene, depsgraph=None):
+    """Animation changed the parameters: update every driven avatar (inputs before blends)."""
+    objs = [o for o in scene.objects if editable(o)]
+    objs.sort(key=is_blend)
+    for obj in objs:
+        try:
+            refresh(obj, interactive=not (bpy.app.background or _rendering))
+        except Exception as e:  # noqa: BLE001
+            _report_status(f"FastAvatar: {obj.name} not updated: {engine.describe_error(e)}")
+            if bpy.app.background:
+                raise
+
+
+@bpy.app.handlers.persistent
+def render_init(*_):
+    global _rendering
+    _rendering = True
+    scene = bpy.context.scene
+    for obj in [o for o in scene.objects if editable(o)]:
+        c = _cache.get(obj.session_uid)
+        if c is None or not c.get("exact"):
+            update_exact(obj)
+
+
+@bpy.app.handlers.persistent
+def render_done(*_):
+    global _rendering
+    _rendering = False
+
+
+@bpy.app.handlers.persistent
+def load_post(*_):
+    _cache.clear()
+
+
+def _ensure_settle_timer():
+    if bpy.app.background or bpy.app.timers.is_registered(_settle):
+        return
+    bpy.app.timers.register(_settle, first_interval=SETTLE_S)
+
+
+def _settle():
+    """Timer: once the parameters have rested for SETTLE_S, replace previews by exact decodes
+    (on a worker thread; the result is written from this timer)."""
+    global _refresh_job
+    if _refresh_job is not None:
+        job, obj_name, params, key = _refresh_job
+        if not job.done:
+            return 0.05
+        _refresh_job = None
+        obj = bpy.data.objects.get(obj_name)
+        if job.error is None and obj is not None and parameters(obj) == params and _structure_key(obj) == key:
+            packed, tans = job.result
+            write_packed(obj.data, packed)
+            _cache[obj.session_uid] = {"params": params, "key": key, "packed": packed, "tangents": tans,
+                                       "shown": params, "changed": time.monotonic(), "exact": True}
+    now = time.monotonic()
+    for obj in [o for o in bpy.data.objects if editable(o)]:
+        c = _cache.get(obj.session_uid)
+        if c is None or c.get("exact"):
+            continue
+        if now - c["changed"] < SETTLE_S:
+            return SETTLE_S
+        params, key = parameters(obj), _structure_key(obj)
+        try:
+            state = _snapshot(obj)
+        except Exception:  # noqa: BLE001 - object changed under us; try again later
+            return SETTLE_S
+        _refresh_job = (engine.Job(lambda progress, cancelled: _exact_from_snapshot(state)).start(),
+                        obj.name, params, key)
+        return 0.05
+    return None
+
+
+def _edited_code(obj) -> np.ndarray:
+    w, dirs, amounts, _ = effective_state(obj, 1)
+    return w + amounts @ dirs if len(amounts) else w
+
+
+def _snapshot(obj) -> dict:
+    """Everything an exact decode of ``obj`` needs, read from Blender on the main thread: the
+    base code, the direction rows and amounts (for a blend one more row, w_B' - w_A', at amount
+    0, whose tangent is the mix's), the residual, and the residual's share of the mix tangent."""
+    base, dirs, amounts, res = effective_state(obj)
+    rows, amts = list(dirs), [float(a) for a in amounts]
+    mix_extra = None
+    if is_blend(obj):
+        p = obj.fastavatar
+        rows.append(_edited_code(p.blend_b) - _edited_code(p.blend_a))
+        amts.append(0.0)
+        ra, rb = get_residual(p.blend_a.data), get_residual(p.blend_b.data)
+        if ra is not None or rb is not None:
+            n = len(obj.data.vertices)
+            mix_extra = (np.zeros((n, len(PACKED_COLUMNS)), np.float32) if rb is None else rb) - (0 if ra is None else ra)
+    return {"base": base, "rows": rows, "amounts": amts, "residual": res, "mix_extra": mix_extra}
+
+
+def _exact_from_snapshot(s: dict, tangents: bool = True):
+    """(packed [N,59], tangents [K,N,59] or None) for a :func:`_snapshot`; engine + numpy only,
+    so it may run on a worker thread."""
+    client = engine.get_client()
+    tans = None
+    if s["rows"]:
+        g, _, header = client.decode(s["base"], np.stack(s["rows"]), s["amounts"], tangents=tangents)
+        if tangents:
+            tans = header["arrays"]["tangents"]
+    else:
+        g, _, _ = client.decode(s["base"])
+    packed = pack_gaussians(g)
+    if s["residual"] is not None:
+        packed = packed + s["residual"]
+    if tans is not None and s["mix_extra"] is not None:
+        tans[-1] = tans[-1] + s["mix_extra"]  # the residual mixes linearly
+    return packed, tans
+
+
+HANDLERS = (("frame_change_post", frame_change_post), ("render_init", render_init),
+            ("render_complete", render_done), ("render_cancel", render_done), ("load_post", load_post))
+
+
+def register_handlers():
+    for name, fn in HANDLERS:
+        lst = getattr(bpy.app.handlers, name)
+        if fn not in lst:
+            lst.append(fn)
+
+
+def unregister_handlers():
+    for name, fn in HANDLERS:
+        lst = getattr(bpy.app.handlers, name)
+        while fn in lst:
+            lst.remove(fn)
+    if bpy.app.timers.is_registered(_settle):
+        bpy.app.timers.unregister(_settle)
+    _cache.clear()
+
+
+# ---------------------------------------------------------------------- blends
+def create_blend(context, a, b, mix: float = 0.5, name: str | None = None):
+    """A new blend avatar of avatars ``a`` and ``b`` (same model and splat count), placed
+    between them, with mix ``mix``; returns it. Raises ValueError for incompatible inputs."""
+    for o in (a, b):
+        if not avatar_mod.is_avatar(o):
+            raise ValueError(f"{o.name} is not a FastAvatar avatar")
+    if a == b:
+        raise ValueError("select two different avatars to blend")
+    if a.fastavatar.model_id != b.fastavatar.model_id:
+        raise ValueError(f"{a.name} ({a.fastavatar.model_id}) and {b.name} ({b.fastavatar.model_id}) come from "
+                         "different models; they cannot be blended")
+    if len(a.data.vertices) != len(b.data.vertices):
+        raise ValueError(f"{a.name} and {b.name} have different splat counts")
+    g = avatar_mod.read_gaussians(a.data)
+    loc = (a.location + b.location) / 2
+    obj = avatar_mod.create_avatar_object(
+        context, g, avatar_mod.get_code(a), name=name or f"Blend_{a.name}_{b.name}"[:60],
+        model_id=a.fastavatar.model_id, photo="", location=loc)
+    obj.fastavatar.blend_a, obj.fastavatar.blend_b = a, b
+    obj.fastavatar.mix = mix  # update callback: exact decode
+    update_exact(obj)
+    return obj
+
+
+# ---------------------------------------------------------------------- refinement
+def photo_sources(obj) -> tuple[list[str] | None, str | None, np.ndarray | None]:
+    """(several photo paths, one photo path, pixels) to refine ``obj`` against; raises
+    ValueError when the source photo is gone."""
+    photos = [str(p) for p in obj.get(PHOTOS_KEY, [])]
+    if len(photos) > 1:
+        missing = [p for p in photos if not Path(p).is_file()]
+        if missing:
+            raise ValueError(f"{obj.name}: source photos missing: {', '.join(missing[:3])}")
+        return photos, None, None
+    label = obj.fastavatar.photo
+    path = bpy.path.abspath(label) if label else ""
+    if path and Path(path).is_file():
+        return None, path, None
+    image = bpy.data.images.get(label) if label else None
+    if image is not None:
+        from . import image_pixels
+
+        return None, None, image_pixels(image)
+    raise ValueError(f"{obj.name}: its source photo {label!r} is not available; refinement needs it")
+
+
+def refine_job(obj, steps: int, preview_every: int = 0):
+    """A function ``fn(progress, cancelled)`` for :class:`engine.Job` that refines ``obj``'s
+    unedited avatar (base code) against its photo(s); returns (GaussianSet, code, header) or
+    raises. Reads everything from ``obj`` now, on the main thread. Live previews (packed [N,59])
+    are queued in ``fn.previews`` for the main thread to show."""
+    if is_blend(obj):
+        raise ValueError(f"{obj.name} is a blend; refine its inputs instead")
+    photos, path, pixels = photo_sources(obj)
+    code = avatar_mod.get_code(obj)
+    fi = obj.fastavatar.face_index
+    previews: list = []
+
+    def fn(progress, cancelled):
+        client = engine.get_client()
+        progress("Starting the engine..." if not client.alive else "Refining...", 0.0)
+
+        def on_progress(h):
+            if h.get("stage") == "refine":
+                progress(f"Refining {h['step']}/{h['total']}  loss {h['loss']:.4f}", h["step"] / h["total"])
+
+        return client.refine(code, image_path=path, pixels=pixels, image_paths=photos, steps=steps,
+                             face_index=None if fi < 0 else fi, progress=on_progress, cancel=cancelled,
+                             preview_every=preview_every,
+                             preview=lambda h, arrays: previews.append(arrays["packed"]))
+
+    fn.previews = previews
+    return fn
+
+
+def apply_refined(obj, result) -> None:
+    """Store a refinement result on ``obj``: refined code as the base, the residual, and the
+    display (edits re-applied on top)."""
+    g, code, header = result
+    packed = pack_gaussians(g)
+    base = header["arrays"]["base_packed"]
+    obj[avatar_mod.CODE_KEY] = [float(v) for v in np.asarray(code, np.float32)]
+    set_residual(obj.data, packed - base)
+    obj.fastavatar.refined_steps += int(header.get("refined_steps", 0))
+    if len(obj.fastavatar.edits) and any(e.amount for e in obj.fastavatar.edits):
+        update_exact(obj)
+    else:
+        write_packed(obj.data, packed)
+        _cache.pop(obj.session_uid, None)
+
+
+class RefineSession:
+    """One refinement of an avatar object, driven by the Refine operator (or a test) from the
+    main thread: :meth:`start` launches the engine request on a worker thread, :meth:`tick`
+    shows the latest live preview, :meth:`cancel` stops it and restores the object's arrays
+    exactly, :meth:`finish` stores the result (:func:`apply_refined`)."""
+
+    def __init__(self, obj, steps: int, preview_every: int = 0):
+        self.obj_name = obj.name
+        self.original = read_packed(obj.data)
+        self.fn = refine_job(obj, steps, preview_every)
+        self.job = engine.Job(self.fn)
+        self.previewed = False
+
+    @property
+    def obj(self):
+        return bpy.data.objects.get(self.obj_name)
+
+    def start(self, background: bool = False) -> "RefineSession":
+        if background:
+            self.job.run_sync()
+        else:
+            self.job.start()
+        return self
+
+    def tick(self) -> bool:
+        """Show the newest preview (if any); True once the job has ended."""
+        if self.fn.previews and self.obj is not None:
+            packed = self.fn.previews[-1]
+            self.fn.previews.clear()
+            write_packed(self.obj.data, packed)
+            self.previewed = True
+        return self.job.done
+
+    def cancel(self) -> None:
+        """Stop the refinement; the object gets back exactly the arrays it had."""
+        self.job.cancel()
+        self.fn.previews.clear()
+        if self.previewed and self.obj is not None:
+            write_packed(self.obj.data, self.original)
+        self.previewed = False
+
+    def finish(self) -> None:
+        """Store the result; raises the job's error (the object is restored first)."""
+        if self.job.error is not None:
+            self.cancel()
+            raise self.job.error
+        apply_refined(self.obj, self.job.result)
