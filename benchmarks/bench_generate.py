@@ -90,8 +90,16 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
         "torch_threads": torch.get_num_threads(), "model_id": gen.model.model_id,
         "gaussians": gen.model.decoder.num_gaussians, "stages_ms": stages,
+        "refine_precision": avatar_precision(args.device),
         "refine_first_loss": round(avatar.refine_losses[0], 5), "refine_last_loss": round(avatar.refine_losses[-1], 5),
     }, indent=2))
+
+
+def avatar_precision(device: str) -> str:
+    """The precision refinement's 'auto' picks on ``device`` (bf16 on CPUs with native bf16)."""
+    from fastavatar_engine.generate import _cpu_has_bf16
+
+    return "bf16" if device == "cpu" and _cpu_has_bf16() else "fp32"
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def _is_avatar_poll(self, obj):
 class FastAvatarEdit(bpy.types.PropertyGroup):
     """One attribute-direction slider of an avatar (``name`` = the direction's name)."""
 
-    amount: FloatProperty(name="Amount", default=0.0, soft_min=-3.0, soft_max=3.0, update=_param_update,
+    amount: FloatProperty(name="Amount", default=0.0, soft_min=-2.0, soft_max=2.0, update=_param_update,
                           description="How far to move the avatar's code along this direction (code units)")
 
 

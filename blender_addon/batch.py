@@ -9,6 +9,16 @@ or with Blender as a Python module (``pip install bpy``, in the engine's environ
     python blender_addon/batch.py PHOTOS_DIR OUT_DIR [--render] [--ply]
     python blender_addon/batch.py out/astronaut.png out --name avatar --render --ply
 
+Latent edits (applied to every photo's avatar; exact decodes for every rendered frame)::
+
+    # a direction slider at 1.5 (direction files: see fastavatar_engine/directions.py)
+    python blender_addon/batch.py me.jpg out --direction smile.json=1.5 --render
+    # a blend of each photo's avatar with another person's, mix 0.3
+    python blender_addon/batch.py me.jpg out --blend-with other.jpg --mix 0.3 --render
+    # an animation of an edit: the slider keyed from -2 at frame 1 to 2 at frame 24, rendered to
+    # OUT/<name>_frames/<name>_0001.png ... (use "mix" to animate the blend factor instead)
+    python blender_addon/batch.py me.jpg out --direction smile.json=0 --animate smile:-2:2 --frames 24 --render
+
 Inputs are photo files and/or folders (their .jpg/.jpeg/.png/.webp/.bmp/.tif files, sorted).
 For each photo it starts from an empty scene, runs the add-on's Generate Avatar (synchronously:
 timers do not fire in background mode), frames a camera on the face, and writes
@@ -43,7 +53,28 @@ def parse_args(argv):
     p.add_argument("--samples", type=int, default=32, help="Cycles samples (default 32)")
     p.add_argument("--resolution", type=int, default=512, help="render width and height in pixels (default 512)")
     p.add_argument("--face-index", type=int, default=-1, help="which face (-1: the largest)")
+    p.add_argument("--direction", action="append", default=[], metavar="FILE=AMOUNT",
+                   help="add a direction slider from a direction file at AMOUNT (repeatable)")
+    p.add_argument("--blend-with", metavar="PHOTO", help="blend each avatar with the avatar of PHOTO")
+    p.add_argument("--mix", type=float, default=0.5, help="blend factor for --blend-with (0: the photo, 1: PHOTO)")
+    p.add_argument("--animate", metavar="NAME:FROM:TO",
+                   help="key direction NAME (or 'mix') from FROM at frame 1 to TO at frame --frames")
+    p.add_argument("--frames", type=int, default=24, help="animation length in frames (default 24)")
     args = p.parse_args(argv)
+    try:
+        args.direction = [(Path(f), float(a)) for f, a in (spec.rsplit("=", 1) for spec in args.direction)]
+    except ValueError:
+        p.error("--direction takes FILE=AMOUNT, e.g. smile.json=1.5")
+    if args.animate:
+        parts = args.animate.split(":")
+        try:
+            args.animate = (parts[0], float(parts[1]), float(parts[2]))
+        except (IndexError, ValueError):
+            p.error("--animate takes NAME:FROM:TO, e.g. smile:-2:2 or mix:0:1")
+        if args.animate[0] == "mix" and not args.blend_with:
+            p.error("--animate mix needs --blend-with")
+        if args.frames < 2:
+            p.error("--frames must be at least 2")
     if len(args.inputs) < 2:
         p.error("give at least one photo or folder and the output folder")
     args.out = Path(args.inputs[-1])
@@ -139,22 +170,75 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
     obj = bpy.context.active_object
     row = {"photo": str(photo), "object": obj.name, "splats": len(obj.data.vertices),
            "generate_s": round(time.perf_counter() - t, 3)}
+    addon = sys.modules[type(scene.fastavatar).__module__]  # the add-on package, however it was loaded
+    obj = apply_edits(bpy.context, scene, obj, args, addon, row)
     frame_camera(scene, obj, args.resolution)
     setup_cycles(scene, args.samples)
     if args.ply:
-        addon = sys.modules[type(scene.fastavatar).__module__]  # the add-on package, however it was loaded
         g = addon.avatar_mod.read_gaussians(obj.data)
         row["ply"] = str(write_ply(out_dir / f"{name}.ply", g))
     blend = out_dir / f"{name}.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
     row["blend"] = str(blend)
-    if args.render:
+    if args.render and args.animate:
+        t = time.perf_counter()
+        frames_dir = out_dir / f"{name}_frames"
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        row["frames"] = []
+        for f in range(1, args.frames + 1):
+            scene.frame_set(f)  # the add-on's frame handler decodes this frame exactly
+            scene.render.filepath = str((frames_dir / f"{name}_{f:04d}.png").resolve())
+            bpy.ops.render.render(write_still=True)
+            row["frames"].append(scene.render.filepath)
+        row["render_s"] = round(time.perf_counter() - t, 1)
+    elif args.render:
         t = time.perf_counter()
         scene.render.filepath = str((out_dir / f"{name}.png").resolve())
         bpy.ops.render.render(write_still=True)
         row["png"] = scene.render.filepath
         row["render_s"] = round(time.perf_counter() - t, 1)
     return row
+
+
+def apply_edits(context, scene, obj, args, addon, row):
+    """--blend-with / --direction / --animate on the new avatar ``obj``; returns the object to
+    render (the blend when there is one). Raises ValueError/DirectionError for unusable inputs."""
+    import bpy
+
+    from fastavatar_engine.directions import load_direction
+
+    editing = addon.editing
+    if args.blend_with:
+        scene.fastavatar.photo_path = str(Path(args.blend_with).resolve())
+        if bpy.ops.fastavatar.generate() != {"FINISHED"}:
+            raise RuntimeError(f"--blend-with: {scene.fastavatar.status}")
+        other = context.active_object
+        blend = editing.create_blend(context, obj, other, args.mix)
+        for o in (obj, other):
+            o.hide_render = True
+            o.hide_set(True)
+        row["blended"] = {"with": args.blend_with, "mix": args.mix, "object": blend.name}
+        obj = blend
+    for path, amount in args.direction:
+        d = load_direction(path)
+        editing.add_direction(obj, d)
+        obj.fastavatar.edits[d.name].amount = amount
+        row.setdefault("directions", {})[d.name] = amount
+    if args.animate:
+        name, lo, hi = args.animate
+        if name == "mix":
+            path = "fastavatar.mix"
+        elif name in obj.fastavatar.edits:
+            path = f'fastavatar.edits["{name}"].amount'
+        else:
+            raise ValueError(f"--animate {name}: no such direction on the avatar (add it with --direction)")
+        scene.frame_start, scene.frame_end = 1, args.frames
+        for frame, value in ((1, lo), (args.frames, hi)):
+            obj.path_resolve(path.rsplit(".", 1)[0]).__setattr__(path.rsplit(".", 1)[1], value)
+            obj.keyframe_insert(path, frame=frame)
+        scene.frame_set(1)
+        row["animation"] = {"property": path, "from": lo, "to": hi, "frames": args.frames}
+    return obj
 
 
 def main(argv=None) -> int:

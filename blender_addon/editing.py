@@ -23,11 +23,13 @@
 **Updates.** An exact update decodes the effective code in the engine (one request) and
 writes every attribute. Exact updates happen for every frame of a render and always in
 background mode (``blender -b``), so rendered animations are exact. While an artist drags a
-slider or scrubs the timeline, the add-on instead evaluates the first-order model
-``G(p) ~ G(p0) + sum_k (p_k - p0_k) dG/dp_k`` in numpy, with the tangents ``dG/dp_k`` that the
-engine computes by forward-mode AD at the last exact state ``p0``; ~0.3 s after the last change
-an exact decode (and fresh tangents) replaces the approximation. ``benchmarks/bench_blender.py``
-measures the update rate.
+slider or scrubs the timeline, the add-on instead evaluates a local quadratic model per
+parameter, ``G(p) ~ G(p0) + sum_k [dp_k T_k + dp_k^2 C_k / 2]`` (dp = p - p0), in numpy, with
+the tangents ``T_k`` (forward-mode AD) and secant curvatures ``C_k`` the engine computes at the
+last exact state ``p0``. An exact decode with a fresh local model replaces the preview ~0.3 s
+after the last change, or as soon as a parameter is more than :data:`RELINEARISE_DISTANCE` away
+from ``p0`` (on a worker thread). ``benchmarks/bench_blender.py`` measures the update rate and
+the preview's error.
 
 numpy + bpy only; torch stays in the engine process.
 """
@@ -51,6 +53,8 @@ RESIDUAL_PREFIX = "fa_res_"
 MAX_BLEND_DEPTH = 8
 #: seconds without parameter changes before the exact decode replaces the linear preview
 SETTLE_S = 0.3
+#: distance (code units) from the point of expansion beyond which the preview is refreshed at once
+RELINEARISE_DISTANCE = 0.25
 
 _rendering = False
 # per-object (keyed by the object's session uid) cache of the last exact state:
@@ -230,7 +234,8 @@ def _structure_key(obj) -> tuple:
 
 
 def exact_packed(obj, tangents: bool = False):
-    """(packed Gaussians [N,59], tangents [K,N,59] or None) for ``obj``'s current parameters.
+    """(packed Gaussians [N,59], (tangents, curvatures) each [K,N,59], or None) for ``obj``'s
+    current parameters.
 
     Decodes in the engine. At a blend endpoint without edits of its own, the input's current
     arrays are copied (exact endpoints)."""
@@ -251,8 +256,8 @@ def update_exact(obj, tangents: bool = False) -> None:
 
 
 def update_preview(obj) -> bool:
-    """Write the first-order approximation for ``obj``'s parameters; False when no usable
-    linearisation is cached (the caller then decodes exactly)."""
+    '''Write the preview for ``obj``'s parameters from the cached local model; False when none
+    is usable (the caller then decodes exactly).'''
     c = _cache.get(obj.session_uid)
     if c is None or c["tangents"] is None or c["key"] != _structure_key(obj):
         return False
@@ -260,7 +265,10 @@ def update_preview(obj) -> bool:
     if params == c["shown"]:
         return True
     delta = np.asarray(params, np.float32) - np.asarray(c["params"], np.float32)
-    packed = c["packed"] + np.tensordot(delta, c["tangents"], axes=1) if np.any(delta) else c["packed"]
+    tangents, curvatures = c["tangents"]
+    packed = c["packed"]
+    if np.any(delta):  # quadratic model along each parameter (cross terms left to the exact refresh)
+        packed = packed + np.tensordot(delta, tangents, axes=1) + np.tensordot(0.5 * delta * delta, curvatures, axes=1)
     write_packed(obj.data, packed)
     c.update(shown=params, changed=time.monotonic(), exact=not np.any(delta))
     return True
@@ -374,8 +382,9 @@ def _settle():
         c = _cache.get(obj.session_uid)
         if c is None or c.get("exact"):
             continue
-        if now - c["changed"] < SETTLE_S:
-            return SETTLE_S
+        far = np.abs(np.asarray(parameters(obj)) - np.asarray(c["params"])).max(initial=0.0) > RELINEARISE_DISTANCE
+        if now - c["changed"] < SETTLE_S and not far:
+            return 0.1
         params, key = parameters(obj), _structure_key(obj)
         try:
             state = _snapshot(obj)
@@ -411,21 +420,21 @@ def _snapshot(obj) -> dict:
 
 
 def _exact_from_snapshot(s: dict, tangents: bool = True):
-    """(packed [N,59], tangents [K,N,59] or None) for a :func:`_snapshot`; engine + numpy only,
+    """(packed [N,59], (tangents, curvatures) or None) for a :func:`_snapshot`; engine + numpy only,
     so it may run on a worker thread."""
     client = engine.get_client()
     tans = None
     if s["rows"]:
         g, _, header = client.decode(s["base"], np.stack(s["rows"]), s["amounts"], tangents=tangents)
         if tangents:
-            tans = header["arrays"]["tangents"]
+            tans = (header["arrays"]["tangents"], header["arrays"]["curvatures"])
     else:
         g, _, _ = client.decode(s["base"])
     packed = pack_gaussians(g)
     if s["residual"] is not None:
         packed = packed + s["residual"]
     if tans is not None and s["mix_extra"] is not None:
-        tans[-1] = tans[-1] + s["mix_extra"]  # the residual mixes linearly
+        tans[0][-1] = tans[0][-1] + s["mix_extra"]  # the residual mixes linearly
     return packed, tans
 
 

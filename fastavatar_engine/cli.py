@@ -224,13 +224,19 @@ def cmd_generate(args) -> int:
 
     if args.refine < 0:
         raise CliError(f"--refine must be >= 0, got {args.refine}")
-    image = load_image(args.photo)
+    images = [load_image(p) for p in args.photo]
+    image = images[0]
     with _QuietNativeStderr(not args.verbose):
         gen = AvatarGenerator(args.weights, device=args.device or "cpu", embedder=args.embedder)
     try:
         with _QuietNativeStderr(not args.verbose):
-            avatar = gen.generate(image, face_index=args.face_index)
-        avatar.photo = str(args.photo)
+            if len(images) == 1:
+                avatar = gen.generate(image, face_index=args.face_index)
+            else:  # several photos of one person: fused code, refinement against all of them
+                avatar = gen.generate_multi(images, face_index=args.face_index)
+                for view, path in zip(avatar.views, args.photo):
+                    view.name = str(path)
+        avatar.photo = str(args.photo[0])
         if args.refine:
             gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"), mode=args.refine_mode,
                        geometry_anchor=args.geometry_anchor, precision=args.precision)
@@ -354,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_render)
 
     g = sub.add_parser("generate", help="photo -> 3D Gaussian head avatar (PLY + code sidecar + preview)")
-    g.add_argument("photo")
+    g.add_argument("photo", nargs="+", help="face photo; several photos of one person give one fused avatar")
     g.add_argument("-o", "--output", required=True, help="output INRIA PLY (a .fastavatar.json sidecar is written beside)")
     g.add_argument("--refine", type=int, default=0, metavar="N", help="refinement steps against the photo (paper: 300)")
     g.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"],

@@ -273,7 +273,8 @@ class EngineClient:
 
     def decode(self, code, directions=None, amounts=None, tangents: bool = False, **kw):
         """(GaussianSet, effective code, result header) for code ``w`` (+ sum amounts_m directions_m).
-        With ``tangents`` the header's ``arrays['tangents']`` is [M, N, 59]: d(packed Gaussians)/d(amount_m)."""
+        With ``tangents`` the header's ``arrays['tangents']`` is [M, N, 59]: d(packed Gaussians)/d(amount_m),
+        and ``arrays['curvatures']`` [M, N, 59] the secant second derivatives along each direction."""
         arrays = {"code": np.asarray(code, np.float32)}
         header = {"tangents": True} if tangents else {}
         if directions is not None:
@@ -281,10 +282,11 @@ class EngineClient:
             header["amounts"] = [float(a) for a in amounts]
         msg = self.request("decode", header, arrays, **kw)
         if tangents:
-            t = msg.arrays.get("tangents")
             n = len(msg.arrays["means"])
-            if t is None or t.shape != (len(arrays["directions"]), n, 59):
-                raise EngineCrashed(f"decode returned tangents of shape {None if t is None else list(t.shape)}")
+            for key in ("tangents", "curvatures"):
+                t = msg.arrays.get(key)
+                if t is None or t.shape != (len(arrays["directions"]), n, 59):
+                    raise EngineCrashed(f"decode returned {key} of shape {None if t is None else list(t.shape)}")
         return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), _with_arrays(msg)
 
     def encode(self, image_path: str | None = None, pixels: np.ndarray | None = None,

@@ -37,6 +37,8 @@ MAX_PIXELS = 64_000_000
 MAX_REFINE_STEPS = 100_000
 MAX_DIRECTIONS = 4096
 MAX_PHOTOS = 64
+#: step (code units) of the secant curvature returned with decode tangents
+CURVATURE_STEP = 0.25
 MAX_TRAIN_CODES = 100_000
 
 
@@ -205,22 +207,33 @@ class Engine:
         out = gaussian_arrays(g)
         out["code"] = w.astype(np.float32)
         if want_tangents:
-            out["tangents"] = self._tangents(w, d)
+            out["tangents"], out["curvatures"] = self._tangents(w, d, g)
         return {"model_id": self.model.model_id, "elapsed_ms": round(1e3 * (time.perf_counter() - t), 2)}, out
 
-    def _tangents(self, w: np.ndarray, directions: np.ndarray) -> np.ndarray:
-        """[M, N, 59] float32: d(packed Gaussians)/d(amount_m) at code ``w`` along each row of
-        ``directions`` [M, D] (forward-mode AD, ``torch.func.jvp``); the first-order model the
-        add-on scrubs sliders with."""
+    def _tangents(self, w: np.ndarray, directions: np.ndarray, g) -> tuple[np.ndarray, np.ndarray]:
+        """(tangents, curvatures), each [M, N, 59] float32, of the packed Gaussians at code ``w``
+        along each row d_m of ``directions`` [M, D]: the tangent dG/da (forward-mode AD,
+        ``torch.func.jvp``) and the secant curvature (G(w + h d) + G(w - h d) - 2 G(w)) / h^2 with
+        h = :data:`CURVATURE_STEP` (code units). The add-on previews slider drags with the
+        quadratic model G + a T + a^2 C / 2 (see blender_addon/editing.py)."""
         import torch
 
+        from .gaussians import pack_gaussians
+
         wt = torch.as_tensor(w, device=self.device)
-        out = []
+        g0 = pack_gaussians(g)
+        tangents, curvatures = [], []
+        h = CURVATURE_STEP
         for row in directions:
-            _, tangent = torch.func.jvp(lambda c: _packed_torch(self.model.decoder(c)), (wt,),
-                                        (torch.as_tensor(row, device=self.device),))
-            out.append(tangent.detach().cpu().numpy().astype(np.float32))
-        return np.stack(out) if out else np.zeros((0, self.model.decoder.num_gaussians, 59), np.float32)
+            d = torch.as_tensor(row, device=self.device)
+            _, tangent = torch.func.jvp(lambda c: _packed_torch(self.model.decoder(c)), (wt,), (d,))
+            tangents.append(tangent.detach().cpu().numpy().astype(np.float32))
+            with torch.no_grad():
+                plus = pack_gaussians(self.model.decode(wt + h * d).to_numpy())
+                minus = pack_gaussians(self.model.decode(wt - h * d).to_numpy())
+            curvatures.append(((plus + minus - 2 * g0) / (h * h)).astype(np.float32))
+        empty = np.zeros((0, self.model.decoder.num_gaussians, 59), np.float32)
+        return (np.stack(tangents) if tangents else empty), (np.stack(curvatures) if curvatures else empty)
 
     def encode(self, header, arrays, emit, cancelled):
         """Photo -> code ``w`` (no decode) and the face's expression measures

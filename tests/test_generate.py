@@ -151,3 +151,44 @@ def test_short_evaluation_run_on_a_sample_subject(tmp_path, capsys):
     assert result["refined"]["loss_last"] <= result["refined"]["loss_first"]
     summary = json.loads(capsys.readouterr().out)
     assert summary["subject"] == "306" and "refined" in summary
+
+
+def test_several_photos_fuse_codes_and_refine_against_every_view(generator, astronaut, tmp_path, capsys):
+    flipped = tmp_path / "flipped.png"
+    Image.open(astronaut).transpose(Image.FLIP_LEFT_RIGHT).save(flipped)
+    one = generator.generate(str(astronaut))
+    two = generator.generate(str(flipped))
+    fused = generator.generate_multi([str(astronaut), str(flipped)])
+    np.testing.assert_allclose(fused.code, (one.code + two.code) / 2, atol=1e-6)
+    assert len(fused.views) == 2 and fused.views[1].name == str(flipped)
+    # the two cameras are mirror images: yaw of opposite sign
+    yaws = [v.c2w[0, 2] for v in fused.views]
+    assert yaws[0] * yaws[1] < 0 or max(abs(y) for y in yaws) < 0.05
+    seen = []
+    generator.refine(fused, None, 4, progress=lambda s, n, loss: seen.append(loss), precision="fp32")
+    assert fused.refined_steps == 4 and len(fused.refine_losses) == 4
+    # the CLI takes several photos and records them in the sidecar
+    out = tmp_path / "fused.ply"
+    assert main(["generate", str(astronaut), str(flipped), "-o", str(out)]) == 0
+    meta = json.loads(out.with_suffix(".fastavatar.json").read_text())
+    assert meta["photos"] == [str(astronaut), str(flipped)]
+    np.testing.assert_allclose(meta["code_w"], (one.code + two.code) / 2, atol=1e-5)
+
+
+def test_bf16_refinement_matches_fp32_closely(generator, astronaut):
+    from fastavatar_engine.generate import _cpu_has_bf16
+
+    a32 = generator.generate(str(astronaut))
+    a16 = generator.generate(str(astronaut))
+    ff_means = a32.gaussians.means.copy()
+    image = np.asarray(Image.open(astronaut).convert("RGB"))
+    generator.refine(a32, image, 5, precision="fp32")
+    generator.refine(a16, image, 5, precision="bf16")
+    # bf16 products in the MLP only: the losses and the resulting avatars stay close
+    np.testing.assert_allclose(a16.refine_losses, a32.refine_losses, rtol=0.05)
+    diff = np.linalg.norm(a16.gaussians.means - a32.gaussians.means, axis=1)
+    drift = np.linalg.norm(a32.gaussians.means - ff_means, axis=1)
+    assert np.percentile(diff, 95) < 0.25 * np.percentile(drift, 95), (np.percentile(diff, 95), np.percentile(drift, 95))
+    with pytest.raises(ValueError, match="precision"):
+        generator.refine(a32, image, 1, precision="fp8")
+    assert isinstance(_cpu_has_bf16(), bool)

@@ -189,6 +189,12 @@ def test_decode_tangents_match_finite_differences(engine, model):
         err = np.abs(tangents[m] - fd)
         scale = np.abs(fd).max()
         assert err.max() < 2e-2 * scale and np.median(err) < 1e-4 * scale, (m, err.max(), np.median(err), scale)
+        # secant curvature at the engine's step (0.25 code units)
+        k = 0.25
+        with torch.no_grad():
+            curv = ((_packed_torch(dec64(wd + k * dd)) + _packed_torch(dec64(wd - k * dd))
+                     - 2 * _packed_torch(dec64(wd))) / k**2).numpy()
+        np.testing.assert_allclose(header["arrays"]["curvatures"][m], curv, rtol=0, atol=2e-3 * np.abs(curv).max())
     with pytest.raises(EngineError, match="needs 'directions'"):
         engine.request("decode", {"tangents": True}, {"code": w})
 
