@@ -1,11 +1,14 @@
 """FastAvatar for Blender: a single face photo -> a 3D Gaussian Splatting head avatar object.
 
-The 3D Viewport's sidebar (N) gets a *FastAvatar* tab with **Generate Avatar**. The photo goes
-to the FastAvatar engine, a PyTorch process started and kept warm by :mod:`.engine` (torch never
-enters Blender's process); the Gaussians come back through the pipe protocol and become an
-avatar object (:mod:`.avatar`). Generation runs off the main thread in the UI (modal operator,
-progress in the status bar, Esc cancels and leaves the scene untouched) and synchronously in
-background mode. Every operator that changes the scene is undoable.
+The 3D Viewport's sidebar (N) gets a *FastAvatar* tab with **Generate Avatar** (and *Generate
+from Photos*). The photo goes to the FastAvatar engine, a PyTorch process started and kept warm
+by :mod:`.engine` (torch never enters Blender's process); the Gaussians come back through the
+pipe protocol and become an avatar object (:mod:`.avatar`). With an avatar active the tab offers
+**Refine**, **Interpolate Avatars**, direction sliders with *Add Direction*, **Train Direction**
+and *Direction from Photos* (:mod:`.editing` explains how edits, blends and refinements are
+stored and kept up to date on the timeline). Engine work runs off the main thread in the UI
+(modal operators, progress in the status bar and the panel, Esc or Cancel leaves the scene as it
+was) and synchronously in background mode. Every operator that changes the scene is undoable.
 """
 
 from __future__ import annotations

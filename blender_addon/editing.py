@@ -292,7 +292,9 @@ def refresh(obj, interactive: bool) -> None:
     if not interactive or bpy.app.background or _rendering:
         update_exact(obj)
     elif not update_preview(obj):
-        update_exact(obj, tangents=True)
+        # no local model yet: an exact decode now (~0.1 s), the expansion follows off the main thread
+        update_exact(obj)
+        _cache[obj.session_uid]["exact"] = False
     _ensure_settle_timer()
 
 
@@ -353,6 +355,7 @@ def render_done(*_):
 
 @bpy.app.handlers.persistent
 def load_post(*_):
+    """A file was loaded or an undo/redo step restored data: cached expansions may be stale."""
     _cache.clear()
 
 
@@ -372,15 +375,21 @@ def _settle():
             return 0.05
         _refresh_job = None
         obj = bpy.data.objects.get(obj_name)
-        if job.error is None and obj is not None and parameters(obj) == params and _structure_key(obj) == key:
-            packed, tans = job.result
-            write_packed(obj.data, packed)
+        if job.error is None and obj is not None and _structure_key(obj) == key:
+            packed, tans = job.result  # the new expansion point, even if the user moved on since
+            same = parameters(obj) == params
             _cache[obj.session_uid] = {"params": params, "key": key, "packed": packed, "tangents": tans,
-                                       "shown": params, "changed": time.monotonic(), "exact": True}
+                                       "shown": None, "changed": time.monotonic(), "exact": same}
+            update_preview(obj)
+            _cache[obj.session_uid]["exact"] = same
+        elif job.error is not None and obj is not None:
+            _report_status(f"FastAvatar: {obj.name} not refreshed: {engine.describe_error(job.error)}")
+            if obj.session_uid in _cache:
+                _cache[obj.session_uid]["failed"] = True  # no retry loop; the next change tries again
     now = time.monotonic()
     for obj in [o for o in bpy.data.objects if editable(o)]:
         c = _cache.get(obj.session_uid)
-        if c is None or c.get("exact"):
+        if c is None or c.get("failed") or (c.get("exact") and c["tangents"] is not None):
             continue
         far = np.abs(np.asarray(parameters(obj)) - np.asarray(c["params"])).max(initial=0.0) > RELINEARISE_DISTANCE
         if now - c["changed"] < SETTLE_S and not far:
@@ -439,7 +448,8 @@ def _exact_from_snapshot(s: dict, tangents: bool = True):
 
 
 HANDLERS = (("frame_change_post", frame_change_post), ("render_init", render_init),
-            ("render_complete", render_done), ("render_cancel", render_done), ("load_post", load_post))
+            ("render_complete", render_done), ("render_cancel", render_done), ("load_post", load_post),
+            ("undo_post", load_post), ("redo_post", load_post))
 
 
 def register_handlers():

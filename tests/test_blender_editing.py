@@ -59,6 +59,17 @@ def test_keyed_slider_at_frame_12_equals_exact_decode(edited, model):
     np.testing.assert_allclose(z["a_12_reloaded"], z["a_12"], rtol=0, atol=1e-6)
 
 
+def test_slider_preview_from_the_engine_expansion_is_close_to_exact(edited):
+    _, info, z = edited
+    assert info["expanded"] and info["previewed_move"]
+    err_mm = 1e3 * np.linalg.norm(z["a_preview"][:, :3] - z["a_exact_at_preview"][:, :3], axis=1)
+    moved_mm = 1e3 * np.linalg.norm(z["a_exact_at_preview"][:, :3] - z["a_12"][:, :3], axis=1)
+    assert moved_mm.max() > 0.1  # the slider did move the splats
+    assert np.median(err_mm) < 0.05 and np.percentile(err_mm, 99) < 0.1 * moved_mm.max() + 0.5
+    # colours etc. follow too
+    assert np.abs(z["a_preview"][:, 3:] - z["a_exact_at_preview"][:, 3:]).mean() < 1e-3
+
+
 def test_direction_of_another_model_is_refused(edited):
     _, info, _ = edited
     assert "belongs to model 'some-other-model'" in info["foreign"]

@@ -90,6 +90,20 @@ def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
     scene.frame_set(12)
     info["amount_12"] = a.fastavatar.edits["planted"].amount
     arrays["a_12"] = packed(a)
+    # the interactive path (timers do not run headless: the settle step is driven by hand):
+    # a preview is on screen -> the expansion is computed on a worker thread -> slider moves are
+    # previewed from it
+    editing._cache[a.session_uid]["exact"] = False
+    t0 = time.time()
+    while editing._settle() is not None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    info["expanded"] = editing._cache[a.session_uid]["tangents"] is not None
+    a.fastavatar.edits["planted"]["amount"] = info["amount_12"] + 0.1  # ID-property write: no callback
+    info["previewed_move"] = editing.update_preview(a)
+    arrays["a_preview"] = packed(a)
+    arrays["a_exact_at_preview"] = editing.exact_packed(a)[0]
+    a.fastavatar.edits["planted"]["amount"] = info["amount_12"]
+    editing.update_exact(a)
     # --- interpolation between A (as shown at frame 12) and B
     for o in bpy.context.view_layer.objects:
         o.select_set(o in (a, b))
