@@ -151,3 +151,17 @@ def test_batch_renders_an_animation_of_a_latent_edit(edited, astronaut_png):
     assert len(frames) == 3 and frames[0].shape == (64, 64, 3)
     diffs = [np.abs(frames[i + 1] - frames[i]).mean() for i in range(2)]
     assert min(diffs) > 0.5  # the face changes from frame to frame
+
+
+def test_direction_from_photos_and_generate_from_photos(edited, model):
+    out, info, z = edited
+    d = load_direction(out / "dirs" / "smile_test.json")
+    assert d.model_id == model.model_id and d.provenance["samples"] == {"positive": 2, "negative": 2}
+    assert "smile above its median" in d.provenance["source"] and "from 4 photos" in info["from_photos_status"]
+    assert info["multi_photos"] == ["hopper.png", "hopper_flipped.png"]
+    # the fused code is the mean of the two photos' codes (each encoded by the engine's model)
+    from fastavatar_engine.generate import AvatarGenerator
+
+    with AvatarGenerator(model) as gen:
+        codes = [gen.generate(str(out / "expression_photos" / n)).code for n in info["multi_photos"]]
+    np.testing.assert_allclose(z["multi_code"], np.mean(codes, axis=0), atol=1e-5)

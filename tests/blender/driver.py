@@ -155,6 +155,27 @@ def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
     info["train_status"] = scene.fastavatar.status
     for o in [o for o in bpy.data.objects if o.name.startswith("Labelled")]:
         bpy.data.objects.remove(o)
+    # --- an expression direction from a folder of photos, labelled from landmarks
+    from PIL import Image
+
+    folder = out / "expression_photos"
+    folder.mkdir(exist_ok=True)
+    for src in (photo_a, photo_b):
+        im = Image.open(src).convert("RGB")
+        im.save(folder / f"{Path(src).stem}.png")
+        im.transpose(Image.FLIP_LEFT_RIGHT).save(folder / f"{Path(src).stem}_flipped.png")
+    scene.fastavatar.photos_dir = str(folder)
+    scene.fastavatar.measure = "smile"
+    scene.fastavatar.direction_name = "smile_test"
+    assert sorted(bpy.ops.fastavatar.direction_from_photos()) == ["FINISHED"], scene.fastavatar.status
+    info["from_photos_status"] = scene.fastavatar.status
+    # --- one avatar from several photos
+    assert sorted(bpy.ops.fastavatar.generate_multi(
+        directory=str(folder), files=[{"name": "hopper.png"}, {"name": "hopper_flipped.png"}])) == ["FINISHED"]
+    multi = bpy.context.active_object
+    info["multi_photos"] = [Path(q).name for q in multi["fastavatar_photos"]]
+    arrays["multi_code"] = avatar_mod.get_code(multi)
+    bpy.data.objects.remove(multi)
     # --- save, reload, re-evaluate frame 12, append into a new file
     names = (a.name, b.name, blend.name)
     blend_path = out / "edited.blend"
