@@ -285,6 +285,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- export
+def cmd_export(args) -> int:
+    from .export import ExportError, export_gaussians
+    from .ply import PlyFormatError, read_ply
+
+    try:
+        g = read_ply(args.ply)
+        report = export_gaussians(g, args.output, fmt=args.format, convention=args.axes, min_opacity=args.min_opacity)
+    except (ExportError, PlyFormatError, FileNotFoundError) as e:
+        raise CliError(str(e)) from None
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     data = Path(args.data)
@@ -378,6 +392,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="torch device (default cpu)")
     g.add_argument("--verbose", action="store_true", help="keep MediaPipe's native log lines on stderr")
     g.set_defaults(func=cmd_generate)
+
+    x = sub.add_parser("export", help="convert an INRIA PLY to .ply / .splat / .spz / .glb (KHR_gaussian_splatting)")
+    x.add_argument("ply", help="INRIA 3DGS PLY (e.g. from fastavatar generate; engine frame, y up)")
+    x.add_argument("--output", "-o", required=True, help="output file; the suffix picks the format")
+    x.add_argument("--format", choices=["ply", "splat", "spz", "glb"], default=None, help="override the suffix")
+    x.add_argument("--axes", default="auto", choices=["auto", "engine", "ply", "blender"],
+                   help="axis convention: ply = y down (PLY/.splat/.spz viewers), engine = y up (glTF), "
+                        "blender = z up; auto: ply for PLY/.splat/.spz, engine for .glb")
+    x.add_argument("--min-opacity", type=float, default=0.0, help="drop splats below this opacity (0-1); "
+                                                                   "the count is reported")
+    x.set_defaults(func=cmd_export)
 
     e = sub.add_parser("evaluate", help="generate from one calibrated view, score the other views (JSON)")
     e.add_argument("--data", required=True, help="folder of subject folders")
