@@ -25,6 +25,8 @@ from bpy.props import (
     BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty,
 )
 
+from bpy_extras.io_utils import ExportHelper
+
 from . import avatar as avatar_mod
 from . import editing, engine
 
@@ -635,6 +637,81 @@ class FASTAVATAR_OT_cancel_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+# ---------------------------------------------------------------------- export
+_EXPORT_FORMATS = [("ply", "INRIA PLY (.ply)", "3DGS PLY, float32, lossless"),
+                   ("splat", "antimatter15 (.splat)", "32 bytes per splat, no view-dependent colour"),
+                   ("spz", "Niantic SPZ (.spz)", "compressed, ~10x smaller than PLY"),
+                   ("glb", "glTF binary (.glb)", "KHR_gaussian_splatting, for game engines")]
+
+
+def avatar_gaussians_for_export(obj, apply_edits: bool):
+    """The GaussianSet to export from ``obj`` (engine frame): as displayed (edits and blend
+    applied) or, without ``apply_edits``, its base state (refinement kept, direction sliders off;
+    decoded by the engine)."""
+    if apply_edits or not any(e.amount for e in obj.fastavatar.edits):
+        return avatar_mod.read_gaussians(obj.data)
+    base, _, _, residual = editing.effective_state(obj)
+    g, _, _ = engine.get_client().decode(base)
+    packed = editing.pack_gaussians(g)
+    return editing.unpack_gaussians(packed + residual if residual is not None else packed)
+
+
+class FASTAVATAR_OT_export(bpy.types.Operator, ExportHelper):
+    """Export the active avatar's splats for game engines and web viewers (.ply, .splat, .spz, glTF .glb)"""
+
+    bl_idname = "fastavatar.export"
+    bl_label = "Export Gaussian Splats"
+    bl_options = {"REGISTER"}
+
+    filename_ext = ".ply"
+    filter_glob: StringProperty(default="*.ply;*.splat;*.spz;*.glb", options={"HIDDEN"})
+    file_format: EnumProperty(name="Format", items=_EXPORT_FORMATS, default="ply")
+    axes: EnumProperty(name="Axes", default="auto", items=[
+        ("auto", "Auto", "Y down for PLY/.splat/.spz (what their viewers expect), Y up for glTF"),
+        ("ply", "Y Down (3DGS)", "COLMAP/INRIA convention"),
+        ("engine", "Y Up (glTF)", "The engine's frame: y up, face towards +z"),
+        ("blender", "Z Up (Blender)", "Blender's world axes")])
+    min_opacity: FloatProperty(name="Min Opacity", default=0.0, min=0.0, max=0.99,
+                               description="Leave out splats less opaque than this (the count is reported)")
+    apply_edits: BoolProperty(name="Apply Edits", default=True,
+                              description="Export the avatar as shown (slider edits applied); off: without the sliders")
+
+    def check(self, context):
+        ext = "." + self.file_format
+        path = Path(self.filepath)
+        if path.suffix.lower() != ext:
+            self.filepath = str(path.with_suffix(ext))
+            return True
+        return False
+
+    def execute(self, context):
+        from fastavatar_engine.export import ExportError, export_gaussians
+
+        obj = _active_avatar(context, self)
+        if obj is None:
+            return {"CANCELLED"}
+        self.check(context)
+        try:
+            g = avatar_gaussians_for_export(obj, self.apply_edits)
+            r = export_gaussians(g, bpy.path.abspath(self.filepath), fmt=self.file_format, convention=self.axes,
+                                 min_opacity=self.min_opacity)
+        except (ExportError, ValueError, OSError) as e:
+            self.report({"ERROR"}, f"Export failed: {e}")
+            return {"CANCELLED"}
+        except Exception as e:  # noqa: BLE001 - engine errors (unedited export)
+            self.report({"ERROR"}, f"Export failed: {engine.describe_error(e)}")
+            return {"CANCELLED"}
+        msg = (f"Exported {r['splats']} splats to {Path(r['path']).name} ({r['format']}, axes {r['convention']}"
+               + (f", {r['pruned']} below opacity {self.min_opacity:g} left out" if self.min_opacity > 0 else "") + ")")
+        context.scene.fastavatar.status = msg
+        self.report({"INFO"}, msg)
+        return {"FINISHED"}
+
+
+def _export_menu(self, context):
+    self.layout.operator(FASTAVATAR_OT_export.bl_idname, text="FastAvatar Gaussian Splats (.ply/.splat/.spz/.glb)")
+
+
 # ---------------------------------------------------------------------- engine management
 _INSTALL: dict = {}
 
@@ -788,6 +865,7 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
             b.operator(FASTAVATAR_OT_refine.bl_idname, icon="MODIFIER",
                        text=f"Refine ({props.refined_steps} steps so far)" if props.refined_steps else "Refine")
         b.operator(FASTAVATAR_OT_interpolate.bl_idname, icon="ARROW_LEFTRIGHT")
+        b.operator(FASTAVATAR_OT_export.bl_idname, icon="EXPORT", text="Export Splats...")
         d = col.box()
         d.label(text="Directions", icon="DRIVER")
         for item in props.edits:
@@ -811,7 +889,7 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
 _CLASSES = (FASTAVATAR_AP_preferences, FastAvatarEdit, FastAvatarObjectProps, FastAvatarSceneProps,
             FASTAVATAR_OT_generate, FASTAVATAR_OT_generate_multi, FASTAVATAR_OT_refine, FASTAVATAR_OT_interpolate,
             FASTAVATAR_OT_add_direction, FASTAVATAR_OT_remove_direction, FASTAVATAR_OT_train_direction,
-            FASTAVATAR_OT_direction_from_photos, FASTAVATAR_OT_cancel_job,
+            FASTAVATAR_OT_direction_from_photos, FASTAVATAR_OT_cancel_job, FASTAVATAR_OT_export,
             FASTAVATAR_OT_install_engine, FASTAVATAR_OT_stop_engine, FASTAVATAR_PT_main)
 
 
@@ -833,9 +911,11 @@ def register():
     bpy.types.Object.fastavatar = PointerProperty(type=FastAvatarObjectProps)
     bpy.types.Scene.fastavatar = PointerProperty(type=FastAvatarSceneProps)
     editing.register_handlers()
+    bpy.types.TOPBAR_MT_file_export.append(_export_menu)
 
 
 def unregister():
+    bpy.types.TOPBAR_MT_file_export.remove(_export_menu)
     editing.unregister_handlers()
     engine.stop_engine()
     del bpy.types.Scene.fastavatar

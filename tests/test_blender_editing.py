@@ -165,3 +165,17 @@ def test_direction_from_photos_and_generate_from_photos(edited, model):
     with AvatarGenerator(model) as gen:
         codes = [gen.generate(str(out / "expression_photos" / n)).code for n in info["multi_photos"]]
     np.testing.assert_allclose(z["multi_code"], np.mean(codes, axis=0), atol=1e-5)
+
+
+def test_export_operator_writes_the_avatar_as_shown_or_without_sliders(edited, model):
+    from fastavatar_engine.gaussians import sigmoid
+    from fastavatar_engine.ply import read_ply
+
+    out, info, z = edited
+    shown = pack_gaussians(read_ply(out / "b_shown.ply"))  # plyfile-based reader, engine axes
+    np.testing.assert_array_equal(shown, z["b_refined_edited"])
+    base = pack_gaussians(read_ply(out / "b_base.ply"))
+    np.testing.assert_allclose(base, decode(model, z["b_code_refined"]) + z["b_residual"], rtol=0, atol=1e-5)
+    assert (out / "b.glb").is_file() and not (out / "b.ply").exists()
+    kept = int((sigmoid(z["b_refined_edited"][:, 51].astype(np.float64)) >= 0.1).sum())
+    assert f"Exported {kept} splats to b.glb" in info["export_status"] and "left out" in info["export_status"]

@@ -141,6 +141,11 @@ def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
     bpy.ops.fastavatar.add_direction(name="planted")
     b.fastavatar.edits["planted"].amount = -1.5
     arrays["b_refined_edited"] = packed(b)
+    # --- export as shown / without the sliders / glTF with pruning
+    bpy.ops.fastavatar.export(filepath=str(out / "b_shown.ply"), file_format="ply", axes="engine")
+    bpy.ops.fastavatar.export(filepath=str(out / "b_base.ply"), file_format="ply", axes="engine", apply_edits=False)
+    bpy.ops.fastavatar.export(filepath=str(out / "b.ply"), file_format="glb", min_opacity=0.1)  # suffix follows
+    info["export_status"] = scene.fastavatar.status
     # --- training a direction from labelled avatars (codes with a planted offset)
     rng = np.random.default_rng(0)
     d = np.asarray(a["fastavatar_directions"]["planted"], np.float32)
