@@ -60,7 +60,8 @@ def _auto_point_size(points: np.ndarray) -> float:
         d = ((sample[:, None, :] - chunk[None, :, :]) ** 2).sum(-1)
         d[d == 0] = np.inf  # the point itself
         best = np.minimum(best, d.min(1))
-    return float(0.8 * np.sqrt(np.median(best[np.isfinite(best)])))
+    finite = best[np.isfinite(best)]
+    return float(0.8 * np.sqrt(np.median(finite))) if len(finite) else 0.0  # 0: every point coincides
 
 
 def _load_for_render(path: Path, point_size: str):
@@ -72,7 +73,13 @@ def _load_for_render(path: Path, point_size: str):
         raise CliError(str(exc)) from exc
     if not g.extra.get("point_cloud"):
         return g, "gaussians"
-    size = _auto_point_size(g.means.astype(np.float64)) if point_size == "auto" else float(point_size)
+    if point_size == "auto":
+        size = _auto_point_size(g.means.astype(np.float64))
+        if not size > 0:
+            raise CliError(f"{path}: all {len(g)} points lie at one position; nothing to frame "
+                           "(pass --point-size and a --distance to draw them anyway)")
+    else:
+        size = float(point_size)
     if not size > 0:
         raise CliError(f"--point-size must be positive, got {point_size}")
     g.log_scales[:] = np.float32(math.log(size))

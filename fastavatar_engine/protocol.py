@@ -206,9 +206,7 @@ class FrameReader:
                 except FrameError:
                     pass
                 self._skip(payload_len)
-            elif head_len + payload_len <= MAX_PAYLOAD_BYTES + MAX_HEADER_BYTES:
-                self._skip(head_len + payload_len)
-            else:
+            else:  # no real frame looks like this: waiting for its bytes would swallow what follows
                 self._resync(b"")
             raise FrameError(msg, in_sync=True, request_id=rid)
         raw = self._read(head_len, "a frame header")
