@@ -212,6 +212,65 @@ def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
     (out / "editing.json").write_text(json.dumps(info))
 
 
+def run_faults(scene, out: Path, photo, direction_file):
+    """Kill / hang / garbage at generate, decode and refine (tests/faults/fault_proxy.py as the
+    engine): each ends in a message, the scene untouched, and the next request works."""
+    import time
+
+    import bpy
+
+    from blender_addon import editing, engine
+    from fastavatar_engine.directions import load_direction
+
+    os.environ["FASTAVATAR_FAULT"] = ""
+    scene.fastavatar.photo_path = photo
+    assert run_generate() == (["FINISHED"], ""), scene.fastavatar.status
+    obj = bpy.context.active_object
+    editing.add_direction(obj, load_direction(direction_file))
+    scene.fastavatar.refine_steps = 30
+    rows = []
+    for stage in ("generate", "decode", "refine"):
+        for action in ("kill", "hang", "garbage"):
+            engine.stop_engine()
+            marker = out / f"tripped_{stage}_{action}"
+            os.environ["FASTAVATAR_FAULT"] = f"{stage}:{action}"
+            os.environ["FASTAVATAR_FAULT_ONCE"] = str(marker)
+            before, n_objects, code = packed(obj), len(bpy.data.objects), list(obj["fastavatar_code"])
+            scene.fastavatar.status = ""
+            bpy.context.view_layer.objects.active = obj
+            t = time.time()
+            if stage == "generate":
+                result = run_generate()[0]
+            elif stage == "decode":
+                obj.fastavatar.edits["planted"].amount += 0.5  # the slider's update decodes in the engine
+                result = ["n/a"]
+            else:
+                try:
+                    result = sorted(bpy.ops.fastavatar.refine())
+                except RuntimeError:
+                    result = ["CANCELLED"]
+            row = {"stage": stage, "action": action, "result": result, "status": scene.fastavatar.status,
+                   "seconds": round(time.time() - t, 1), "tripped": marker.exists(),
+                   "objects_unchanged": len(bpy.data.objects) == n_objects,
+                   "arrays_unchanged": bool(np.array_equal(packed(obj), before)),
+                   "code_unchanged": list(obj["fastavatar_code"]) == code}
+            # recovery: the same action again, with a fresh (healthy) engine
+            bpy.context.view_layer.objects.active = obj
+            if stage == "generate":
+                row["again"] = run_generate()[0] == ["FINISHED"]
+                bpy.data.objects.remove(bpy.context.active_object)
+                bpy.context.view_layer.objects.active = obj
+            elif stage == "decode":
+                obj.fastavatar.edits["planted"].amount += 0.0  # same value: decode again
+                editing.update_exact(obj)
+                row["again"] = not np.array_equal(packed(obj), before)
+            else:
+                row["again"] = sorted(bpy.ops.fastavatar.refine()) == ["FINISHED"]
+            rows.append(row)
+    os.environ["FASTAVATAR_FAULT"] = ""
+    return rows
+
+
 def main():
     scenario, out = sys.argv[1], Path(sys.argv[2])
     args = sys.argv[3:]
@@ -287,6 +346,8 @@ def main():
         elif scenario == "editing":
             run_editing(scene, out, *args)
             result["ok"] = True
+        elif scenario == "faults":
+            result["rows"] = run_faults(scene, out, *args)
         elif scenario == "no_engine":
             os.environ["FASTAVATAR_ENGINE_PYTHON"] = str(out / "missing-python")
             scene.fastavatar.photo_path = args[0]
