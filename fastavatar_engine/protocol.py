@@ -24,14 +24,23 @@ Message types (``PROTOCOL_VERSION`` 1; requests carry ``id``; every request ends
 
 * ``hello`` -> result ``{protocol, engine_version, device, model: {model_id, code_dim,
   num_gaussians, embedder}, pid}``
-* ``generate`` ``{image_path | arrays.pixels [H,W,3] uint8, face_index?, refine_steps?}`` ->
-  result with the Gaussian arrays (:data:`GAUSSIAN_ARRAYS`), ``code`` [D] float32,
-  ``camera`` (c2w, K), ``model_id``
-* ``decode`` ``{arrays.code [D] float32, arrays.directions [M,D] float32?, amounts [M]?}`` ->
-  result with the Gaussian arrays of ``w = code + sum_m amounts[m] directions[m]``
-* ``refine`` ``{arrays.code, image_path, steps, face_index?, mode?}`` -> ``progress``
-  events ``{step, total, loss}``, then a result like ``generate``'s; a ``cancel`` frame
-  ``{"type": "cancel", "target": <id>}`` stops it with an error of kind ``cancelled``
+* ``generate`` ``{image_path | arrays.pixels [H,W,3] uint8 | image_paths [paths], face_index?,
+  refine_steps?}`` -> result with the Gaussian arrays (:data:`GAUSSIAN_ARRAYS`), ``code`` [D]
+  float32, ``camera`` (c2w, K), ``model_id``, ``photos``; refined results add
+  ``arrays.base_packed`` [N,59] (the plain decode of the refined code, packed layout of
+  :data:`fastavatar_engine.gaussians.PACKED_COLUMNS`)
+* ``decode`` ``{arrays.code [D] float32, arrays.directions [M,D] float32?, amounts [M]?,
+  tangents?}`` -> result with the Gaussian arrays of ``w = code + sum_m amounts[m] directions[m]``;
+  with ``tangents: true`` also ``arrays.tangents`` and ``arrays.curvatures`` [M,N,59]
+* ``refine`` ``{arrays.code, image_path | arrays.pixels | image_paths, steps, face_index?, mode?,
+  preview_every?}`` -> ``progress`` events ``{stage: "refine", step, total, loss}`` (and, every
+  ``preview_every`` steps, ``{stage: "preview"}`` events carrying ``arrays.packed`` [N,59]), then
+  a result like ``generate``'s; a ``cancel`` frame ``{"type": "cancel", "target": <id>}`` stops
+  it with an error of kind ``cancelled``
+* ``encode`` ``{image_path | arrays.pixels, face_index?}`` -> ``arrays.code`` [D] and
+  ``measures`` ``{mouth_open, smile}``
+* ``train_direction`` ``{name, C?, source?, arrays.codes [N,D], arrays.labels [N] u8}`` ->
+  ``direction`` (the file format of :mod:`fastavatar_engine.directions`)
 * ``shutdown`` -> result, then the engine exits
 
 Errors: ``{"type": "error", "id", "kind", "message"}`` with ``kind`` one of
