@@ -187,6 +187,8 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
         row["frames"] = []
         for f in range(1, args.frames + 1):
             scene.frame_set(f)  # the add-on's frame handler decodes this frame exactly
+            if f in addon.editing.frame_errors:  # never write a frame showing a stale avatar
+                raise RuntimeError(addon.editing.frame_errors[f])
             scene.render.filepath = str((frames_dir / f"{name}_{f:04d}.png").resolve())
             bpy.ops.render.render(write_still=True)
             row["frames"].append(scene.render.filepath)

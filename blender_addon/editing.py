@@ -324,16 +324,24 @@ def _report_status(text: str) -> None:
 # ---------------------------------------------------------------------- handlers
 @bpy.app.handlers.persistent
 def frame_change_post(scene, depsgraph=None):
-    """Animation changed the parameters: update every driven avatar (inputs before blends)."""
+    """Animation changed the parameters: update every driven avatar (inputs before blends).
+
+    A failure is reported in the status and kept in :data:`frame_errors` (frame -> message), so
+    a headless render loop can refuse to write a frame whose avatar is stale (batch.py does)."""
     objs = [o for o in scene.objects if editable(o)]
     objs.sort(key=is_blend)
+    frame_errors.pop(scene.frame_current, None)
     for obj in objs:
         try:
             refresh(obj, interactive=not (bpy.app.background or _rendering))
-        except Exception as e:  # noqa: BLE001
-            _report_status(f"FastAvatar: {obj.name} not updated: {engine.describe_error(e)}")
-            if bpy.app.background:
-                raise
+        except Exception as e:  # noqa: BLE001 - Blender ignores handler exceptions: record them
+            msg = f"FastAvatar: {obj.name} not updated at frame {scene.frame_current}: {engine.describe_error(e)}"
+            _report_status(msg)
+            frame_errors[scene.frame_current] = msg
+
+
+#: frame -> message for frames whose avatars could not be updated (cleared when the frame updates)
+frame_errors: dict = {}
 
 
 @bpy.app.handlers.persistent
