@@ -47,3 +47,10 @@ def test_fault_is_reported_scene_untouched_and_recovered(fault_rows, stage, acti
     if action == "hang":
         assert row["seconds"] < 60, row  # the timeout (6 s here), not a hang
     assert row["again"], row
+
+
+def test_failed_frame_update_is_recorded_and_the_next_frame_recovers(fault_rows):
+    row = next(r for r in fault_rows if r["stage"] == "frame")
+    assert "not updated at frame 5" in row["error_at_5"] and "stopped unexpectedly" in row["error_at_5"]
+    assert row["unchanged_at_5"]
+    assert row["error_at_6"] == "" and row["moved_at_6"]

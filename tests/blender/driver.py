@@ -267,6 +267,24 @@ def run_faults(scene, out: Path, photo, direction_file):
             else:
                 row["again"] = sorted(bpy.ops.fastavatar.refine()) == ["FINISHED"]
             rows.append(row)
+    # a frame change whose decode fails is recorded (Blender ignores handler exceptions), so a
+    # render loop can refuse the stale frame; the next frame decodes on a fresh engine
+    item = obj.fastavatar.edits["planted"]
+    item.amount = 0.0
+    obj.keyframe_insert('fastavatar.edits["planted"].amount', frame=1)
+    item.amount = 1.0
+    obj.keyframe_insert('fastavatar.edits["planted"].amount', frame=10)
+    scene.frame_set(1)
+    engine.stop_engine()
+    os.environ["FASTAVATAR_FAULT"] = "decode:kill"
+    os.environ["FASTAVATAR_FAULT_ONCE"] = str(out / "tripped_frame")
+    before = packed(obj)
+    scene.frame_set(5)
+    frame_row = {"error_at_5": editing.frame_errors.get(5, ""), "unchanged_at_5": bool(np.array_equal(packed(obj), before))}
+    scene.frame_set(6)
+    frame_row["error_at_6"] = editing.frame_errors.get(6, "")
+    frame_row["moved_at_6"] = not np.array_equal(packed(obj), before)
+    rows.append(dict(stage="frame", action="kill", **frame_row))
     os.environ["FASTAVATAR_FAULT"] = ""
     return rows
 
