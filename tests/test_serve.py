@@ -163,7 +163,6 @@ def test_engine_that_cannot_start_says_why(tmp_path):
 
 
 def test_decode_tangents_match_finite_differences(engine, model):
-    from fastavatar_engine.gaussians import pack_gaussians
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal(512).astype(np.float32) * 0.1
