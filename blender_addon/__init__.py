@@ -448,6 +448,31 @@ class FASTAVATAR_OT_add_direction(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FASTAVATAR_OT_add_all_directions(bpy.types.Operator):
+    """Add a slider for every direction of the active avatar's model in the library"""
+
+    bl_idname = "fastavatar.add_all_directions"
+    bl_label = "Add All Directions"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        from fastavatar_engine.directions import load_library
+
+        obj = _active_avatar(context, self)
+        if obj is None:
+            return {"CANCELLED"}
+        dirs, problems = load_library(directions_dir(), obj.fastavatar.model_id)
+        added = [d.name for d in dirs if d.name not in obj.fastavatar.edits]
+        for d in dirs:
+            if d.name in added:
+                editing.add_direction(obj, d)
+        msg = (f"{obj.name}: added {len(added)} direction(s)" + (f": {', '.join(added)}" if added else "")
+               + (f"; {len(problems)} unreadable file(s) skipped" if problems else ""))
+        context.scene.fastavatar.status = msg
+        self.report({"WARNING"} if problems else {"INFO"}, msg)
+        return {"FINISHED"}
+
+
 class FASTAVATAR_OT_remove_direction(bpy.types.Operator):
     """Remove a direction slider (and its keyframes) from the active avatar"""
 
@@ -876,6 +901,7 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
         row = d.row(align=True)
         row.prop(settings, "direction", text="")
         row.operator(FASTAVATAR_OT_add_direction.bl_idname, text="Add", icon="ADD")
+        row.operator(FASTAVATAR_OT_add_all_directions.bl_idname, text="All", icon="COLLECTION_NEW")
         t = col.box()
         t.label(text="Train a direction", icon="LIGHT")
         t.prop(props, "label", expand=True)
@@ -888,7 +914,7 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
 
 _CLASSES = (FASTAVATAR_AP_preferences, FastAvatarEdit, FastAvatarObjectProps, FastAvatarSceneProps,
             FASTAVATAR_OT_generate, FASTAVATAR_OT_generate_multi, FASTAVATAR_OT_refine, FASTAVATAR_OT_interpolate,
-            FASTAVATAR_OT_add_direction, FASTAVATAR_OT_remove_direction, FASTAVATAR_OT_train_direction,
+            FASTAVATAR_OT_add_direction, FASTAVATAR_OT_add_all_directions, FASTAVATAR_OT_remove_direction, FASTAVATAR_OT_train_direction,
             FASTAVATAR_OT_direction_from_photos, FASTAVATAR_OT_cancel_job, FASTAVATAR_OT_export,
             FASTAVATAR_OT_install_engine, FASTAVATAR_OT_stop_engine, FASTAVATAR_PT_main)
 

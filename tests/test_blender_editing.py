@@ -179,3 +179,9 @@ def test_export_operator_writes_the_avatar_as_shown_or_without_sliders(edited, m
     assert (out / "b.glb").is_file() and not (out / "b.ply").exists()
     kept = int((sigmoid(z["b_refined_edited"][:, 51].astype(np.float64)) >= 0.1).sum())
     assert f"Exported {kept} splats to b.glb" in info["export_status"] and "left out" in info["export_status"]
+
+
+def test_add_all_directions_takes_every_direction_of_the_model_only(edited):
+    _, info, _ = edited
+    assert info["all_directions"] == ["planted", "smile_test", "trained"]  # not the foreign model's
+    assert info["after_remove"] == ["planted"]

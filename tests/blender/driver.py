@@ -174,6 +174,17 @@ def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
     scene.fastavatar.direction_name = "smile_test"
     assert sorted(bpy.ops.fastavatar.direction_from_photos()) == ["FINISHED"], scene.fastavatar.status
     info["from_photos_status"] = scene.fastavatar.status
+    # --- every library direction of the model at once (the library now also holds 'trained'
+    # and 'smile_test'; a file of another model sits in the same folder and is left out)
+    import shutil
+
+    shutil.copy(Path(other_model_dir) / "foreign.json", Path(os.environ["FASTAVATAR_DIRECTIONS_DIR"]))
+    bpy.context.view_layer.objects.active = a
+    bpy.ops.fastavatar.add_all_directions()
+    info["all_directions"] = sorted(e.name for e in a.fastavatar.edits)
+    for name in [n for n in info["all_directions"] if n != "planted"]:
+        bpy.ops.fastavatar.remove_direction(name=name)
+    info["after_remove"] = sorted(e.name for e in a.fastavatar.edits)
     # --- one avatar from several photos
     assert sorted(bpy.ops.fastavatar.generate_multi(
         directory=str(folder), files=[{"name": "hopper.png"}, {"name": "hopper_flipped.png"}])) == ["FINISHED"]
