@@ -12,7 +12,7 @@ or with Blender as a Python module (``pip install bpy``, in the engine's environ
 Latent edits (applied to every photo's avatar; exact decodes for every rendered frame)::
 
     # a direction slider at 1.5 (direction files: see fastavatar_engine/directions.py)
-    python blender_addon/batch.py me.jpg out --direction smile.json=1.5 --render
+    python blender_addon/batch.py me.jpg out --refine 300 --direction smile.json=1.5 --render
     # a blend of each photo's avatar with another person's, mix 0.3
     python blender_addon/batch.py me.jpg out --blend-with other.jpg --mix 0.3 --render
     # an animation of an edit: the slider keyed from -2 at frame 1 to 2 at frame 24, rendered to
@@ -53,6 +53,8 @@ def parse_args(argv):
     p.add_argument("--samples", type=int, default=32, help="Cycles samples (default 32)")
     p.add_argument("--resolution", type=int, default=512, help="render width and height in pixels (default 512)")
     p.add_argument("--face-index", type=int, default=-1, help="which face (-1: the largest)")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="refine each avatar against its photo for N steps (the paper's full refinement: 300)")
     p.add_argument("--direction", action="append", default=[], metavar="FILE=AMOUNT",
                    help="add a direction slider from a direction file at AMOUNT (repeatable)")
     p.add_argument("--blend-with", metavar="PHOTO", help="blend each avatar with the avatar of PHOTO")
@@ -210,6 +212,13 @@ def apply_edits(context, scene, obj, args, addon, row):
     from fastavatar_engine.directions import load_direction
 
     editing = addon.editing
+    if args.refine > 0:
+        t = time.perf_counter()
+        scene.fastavatar.refine_steps = args.refine
+        if bpy.ops.fastavatar.refine() != {"FINISHED"}:
+            raise RuntimeError(f"--refine: {scene.fastavatar.status}")
+        row["refined_steps"] = obj.fastavatar.refined_steps
+        row["refine_s"] = round(time.perf_counter() - t, 1)
     if args.blend_with:
         scene.fastavatar.photo_path = str(Path(args.blend_with).resolve())
         if bpy.ops.fastavatar.generate() != {"FINISHED"}:
