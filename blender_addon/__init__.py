@@ -401,6 +401,16 @@ def _direction_items(context):
     return _DIRECTION_ITEMS
 
 
+def _engine_free(op) -> bool:
+    """False (and an error report) when the engine is serving a long request such as a
+    refinement: a synchronous request now would freeze Blender until it ends."""
+    if engine.client_busy():
+        op.report({"ERROR"}, "The FastAvatar engine is busy (a refinement or generation is running); "
+                             "try again when it finishes or cancel it")
+        return False
+    return True
+
+
 def _active_avatar(context, op):
     obj = context.active_object
     if not avatar_mod.is_avatar(obj):
@@ -484,7 +494,7 @@ class FASTAVATAR_OT_remove_direction(bpy.types.Operator):
 
     def execute(self, context):
         obj = _active_avatar(context, self)
-        if obj is None:
+        if obj is None or not _engine_free(self):
             return {"CANCELLED"}
         editing.remove_direction(obj, self.name)
         editing.update_exact(obj)
@@ -503,6 +513,8 @@ class FASTAVATAR_OT_train_direction(bpy.types.Operator):
             DirectionError, direction_filename, direction_from_json, save_direction,
         )
 
+        if not _engine_free(self):
+            return {"CANCELLED"}
         name = context.scene.fastavatar.direction_name.strip()
         labelled = [o for o in context.scene.objects if avatar_mod.is_avatar(o) and o.fastavatar.label != "NONE"]
         models = {o.fastavatar.model_id for o in labelled}
@@ -628,6 +640,8 @@ class FASTAVATAR_OT_interpolate(bpy.types.Operator):
     mix: FloatProperty(name="Mix", default=0.5, min=0.0, max=1.0)
 
     def execute(self, context):
+        if not _engine_free(self):
+            return {"CANCELLED"}
         sel = [o for o in context.selected_objects if avatar_mod.is_avatar(o)]
         if len(sel) != 2:
             self.report({"ERROR"}, f"select exactly two avatars (selected: {len(sel)})")
@@ -714,6 +728,8 @@ class FASTAVATAR_OT_export(bpy.types.Operator, ExportHelper):
 
         obj = _active_avatar(context, self)
         if obj is None:
+            return {"CANCELLED"}
+        if not self.apply_edits and not _engine_free(self):
             return {"CANCELLED"}
         self.check(context)
         try:

@@ -292,9 +292,14 @@ def refresh(obj, interactive: bool) -> None:
     if not interactive or bpy.app.background or _rendering:
         update_exact(obj)
     elif not update_preview(obj):
-        # no local model yet: an exact decode now (~0.1 s), the expansion follows off the main thread
-        update_exact(obj)
-        _cache[obj.session_uid]["exact"] = False
+        if engine.client_busy():  # e.g. refining: never make the UI wait; the settle timer catches up
+            _cache[obj.session_uid] = {"params": None, "key": None, "packed": None, "tangents": None,
+                                       "shown": None, "changed": time.monotonic(), "exact": False}
+            _report_status(f"FastAvatar: the engine is busy; {obj.name} updates when it is free")
+        else:
+            # no local model yet: an exact decode now (~0.1 s), the expansion follows off the main thread
+            update_exact(obj)
+            _cache[obj.session_uid]["exact"] = False
     _ensure_settle_timer()
 
 
@@ -399,7 +404,8 @@ def _settle():
         c = _cache.get(obj.session_uid)
         if c is None or c.get("failed") or (c.get("exact") and c["tangents"] is not None):
             continue
-        far = np.abs(np.asarray(parameters(obj)) - np.asarray(c["params"])).max(initial=0.0) > RELINEARISE_DISTANCE
+        far = c["params"] is None or np.abs(np.asarray(parameters(obj)) - np.asarray(c["params"])).max(
+            initial=0.0) > RELINEARISE_DISTANCE
         if now - c["changed"] < SETTLE_S and not far:
             return 0.1
         params, key = parameters(obj), _structure_key(obj)

@@ -118,6 +118,12 @@ def get_client():
         return _client
 
 
+def client_busy() -> bool:
+    """Whether the warm engine is serving a request (e.g. a refinement on a worker thread)."""
+    with _lock:
+        return _client is not None and _client.busy
+
+
 def stop_engine() -> None:
     """Stop the engine subprocess (add-on disabled, Blender quitting)."""
     global _client, _client_key

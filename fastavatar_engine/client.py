@@ -76,11 +76,18 @@ class EngineClient:
         self.info: dict = {}
         self.start_seconds: float | None = None
         self._lock = threading.RLock()
+        self._in_flight = 0  # requests sent or waiting to be sent (any thread)
         self._messages: queue.Queue = queue.Queue()
         self._log = collections.deque(maxlen=200)
         self._next_id = 1
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def busy(self) -> bool:
+        """Whether a request is in flight (a new one would wait for it): UI code checks this to
+        avoid blocking Blender's main thread behind a long refinement."""
+        return self._in_flight > 0
+
     @property
     def alive(self) -> bool:
         """Whether the engine process is running."""
@@ -208,6 +215,13 @@ class EngineClient:
         once true, a ``cancel`` frame is sent (the engine then answers with an error of kind
         'cancelled'). Raises :class:`EngineError`, :class:`EngineCrashed`, :class:`EngineTimeout`."""
         timeout = self.request_timeout if timeout is None else timeout
+        self._in_flight += 1
+        try:
+            return self._request(type_, header, arrays, progress, cancel, timeout, preview)
+        finally:
+            self._in_flight -= 1
+
+    def _request(self, type_, header, arrays, progress, cancel, timeout, preview):
         with self._lock:
             self.start()
             rid = self._next_id

@@ -247,3 +247,21 @@ def test_refine_streams_live_previews_and_returns_the_base_decode(engine, model,
     with torch.no_grad():
         np.testing.assert_allclose(base, pack_gaussians(model.decode(code2).to_numpy()), atol=1e-5)
     assert np.abs(pack_gaussians(g) - base).max() > 1e-5  # the fine-tuned decoder differs from the base
+
+
+def test_client_reports_busy_while_a_request_is_in_flight(engine, astronaut):
+    import threading
+    import time
+
+    _, code, _ = engine.generate(str(astronaut))
+    assert not engine.busy
+    seen = []
+    t = threading.Thread(target=lambda: engine.refine(code, str(astronaut), steps=20,
+                                                      progress=lambda h: seen.append(engine.busy)))
+    t.start()
+    deadline = time.time() + 60
+    while not seen and time.time() < deadline:
+        time.sleep(0.01)
+    assert engine.busy  # the UI would defer its own requests now
+    t.join(120)
+    assert seen and all(seen) and not engine.busy
