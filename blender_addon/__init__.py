@@ -222,6 +222,10 @@ class _JobModal:
         pass
 
     def run_job(self, context, job):
+        running = _ACTIVE["job"]
+        if running is not None and not running.done:
+            self.report({"ERROR"}, "Another FastAvatar job is running; wait for it or cancel it first")
+            return {"CANCELLED"}
         self._job, self._t0 = job, time.perf_counter()
         _ACTIVE["job"] = job
         context.scene.fastavatar.progress = 0.0
