@@ -141,7 +141,7 @@ def test_extension_zip_installs_and_enables(tmp_path):
 
     zip_path = build_addon.build(download=True, dist=tmp_path / "dist")
     with zipfile.ZipFile(zip_path) as zf:
-        assert {"batch.py", "avatar.py", "engine.py", "constraints.txt"} <= set(zf.namelist())
+        assert {"batch.py", "avatar.py", "engine.py", "editing.py", "constraints.txt"} <= set(zf.namelist())
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp_path / "user"))
     script = f"""
 import bpy, addon_utils, json, sys
