@@ -693,10 +693,9 @@ def avatar_gaussians_for_export(obj, apply_edits: bool):
     decoded by the engine)."""
     if apply_edits or not any(e.amount for e in obj.fastavatar.edits):
         return avatar_mod.read_gaussians(obj.data)
-    base, _, _, residual = editing.effective_state(obj)
-    g, _, _ = engine.get_client().decode(base)
-    packed = editing.pack_gaussians(g)
-    return editing.unpack_gaussians(packed + residual if residual is not None else packed)
+    state = editing.effective_state(obj)
+    packed = editing.pack_gaussians(engine.get_client().decode(state.base)[0])
+    return editing.unpack_gaussians(packed + state.residual if state.residual is not None else packed)
 
 
 class FASTAVATAR_OT_export(bpy.types.Operator, ExportHelper):

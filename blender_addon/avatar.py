@@ -25,76 +25,84 @@ import math
 import bpy
 import numpy as np
 
+from fastavatar_engine.gaussians import PACKED_COLUMNS, pack_gaussians, unpack_gaussians
+
 SH_C0 = 0.28209479177387814
-NUM_REST = 45
 CODE_KEY = "fastavatar_code"
 NODE_GROUP = "FastAvatar Splats"
 MATERIAL = "FastAvatar Splat"
 
 
 def inria_attribute_names() -> list[str]:
-    """The per-splat float attribute names, in INRIA PLY order (positions are the vertices)."""
-    return ([f"f_dc_{i}" for i in range(3)] + [f"f_rest_{i}" for i in range(NUM_REST)] + ["opacity"]
-            + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+    """The per-splat float attribute names, in INRIA PLY order (positions are the vertices):
+    :data:`fastavatar_engine.gaussians.PACKED_COLUMNS` after x, y, z."""
+    return list(PACKED_COLUMNS[3:])
 
 
-def gaussian_columns(g) -> dict[str, np.ndarray]:
-    """name -> float32 [N] column for a GaussianSet ``g`` (SH [N,16,3]: f_rest channel-major)."""
-    n = len(g)
-    sh = np.asarray(g.sh, np.float32)
-    cols = {f"f_dc_{c}": sh[:, 0, c] for c in range(3)}
-    rest = np.zeros((n, 3, 15), np.float32)
-    k = min(sh.shape[1] - 1, 15)
-    rest[:, :, :k] = sh[:, 1:1 + k, :].transpose(0, 2, 1)
-    rest = rest.reshape(n, NUM_REST)
-    cols.update({f"f_rest_{i}": rest[:, i] for i in range(NUM_REST)})
-    cols["opacity"] = np.asarray(g.opacity_logits, np.float32)
-    cols.update({f"scale_{i}": np.asarray(g.log_scales, np.float32)[:, i] for i in range(3)})
-    cols.update({f"rot_{i}": np.asarray(g.rotations, np.float32)[:, i] for i in range(4)})
-    return {k: np.ascontiguousarray(v) for k, v in cols.items()}
-
-
-def write_gaussians(mesh, g) -> None:
-    """Resize ``mesh`` to ``len(g)`` vertices (vertices only) and write positions and every
-    INRIA attribute from the GaussianSet ``g`` (engine frame). Raises ValueError for invalid ``g``."""
-    g.validate()
-    n = len(g)
-    if len(mesh.vertices) != n or len(mesh.edges) or len(mesh.polygons):
-        mesh.clear_geometry()
-        mesh.vertices.add(n)
-    mesh.vertices.foreach_set("co", np.ascontiguousarray(g.means, np.float32).ravel())
-    for name, col in gaussian_columns(g).items():
+def write_float_attributes(mesh, names, values: np.ndarray) -> None:
+    """Write ``values`` [N, len(names)] float32 as float POINT attributes ``names`` of ``mesh``
+    (N = its vertex count), creating or retyping them as needed. Raises ValueError for a shape
+    mismatch."""
+    v = np.asarray(values, np.float32)
+    if v.shape != (len(mesh.vertices), len(names)):
+        raise ValueError(f"expected [{len(mesh.vertices)}, {len(names)}] values, got {list(v.shape)}")
+    for i, name in enumerate(names):
         attr = mesh.attributes.get(name)
         if attr is None or attr.data_type != "FLOAT" or attr.domain != "POINT":
             if attr is not None:
                 mesh.attributes.remove(attr)
             attr = mesh.attributes.new(name, "FLOAT", "POINT")
-        attr.data.foreach_set("value", col)
-    mesh.update()
+        attr.data.foreach_set("value", np.ascontiguousarray(v[:, i]))
 
 
-def read_gaussians(mesh):
-    """The GaussianSet stored in ``mesh`` (inverse of :func:`write_gaussians`).
-    Raises KeyError naming a missing attribute."""
-    from fastavatar_engine.gaussians import GaussianSet
-
-    n = len(mesh.vertices)
-    co = np.empty(n * 3, np.float32)
-    mesh.vertices.foreach_get("co", co)
-    cols = {}
-    for name in inria_attribute_names():
+def read_float_attributes(mesh, names) -> np.ndarray:
+    """[N, len(names)] float32: the float POINT attributes ``names`` of ``mesh``. Raises
+    KeyError naming a missing attribute."""
+    out = np.empty((len(names), len(mesh.vertices)), np.float32)
+    for i, name in enumerate(names):
         attr = mesh.attributes.get(name)
         if attr is None:
             raise KeyError(f"mesh {mesh.name!r} has no attribute {name!r}: not a FastAvatar avatar")
-        a = np.empty(n, np.float32)
-        attr.data.foreach_get("value", a)
-        cols[name] = a
-    sh = np.zeros((n, 16, 3), np.float32)
-    sh[:, 0] = np.stack([cols[f"f_dc_{c}"] for c in range(3)], 1)
-    rest = np.stack([cols[f"f_rest_{i}"] for i in range(NUM_REST)], 1).reshape(n, 3, 15)
-    sh[:, 1:] = rest.transpose(0, 2, 1)
-    return GaussianSet(co.reshape(n, 3), np.stack([cols[f"scale_{i}"] for i in range(3)], 1),
-                       np.stack([cols[f"rot_{i}"] for i in range(4)], 1), cols["opacity"], sh)
+        attr.data.foreach_get("value", out[i])
+    return np.ascontiguousarray(out.T)
+
+
+def write_packed(mesh, packed: np.ndarray) -> None:
+    """Resize ``mesh`` to N vertices (vertices only) and write packed Gaussians [N, 59] float32
+    (:data:`~fastavatar_engine.gaussians.PACKED_COLUMNS`, engine frame): columns 0-2 become the
+    vertex positions, the rest the INRIA-named attributes. Raises ValueError for another shape."""
+    p = np.asarray(packed, np.float32)
+    if p.ndim != 2 or p.shape[1] != len(PACKED_COLUMNS):
+        raise ValueError(f"packed Gaussians must be [N, {len(PACKED_COLUMNS)}], got {list(p.shape)}")
+    n = len(p)
+    if len(mesh.vertices) != n or len(mesh.edges) or len(mesh.polygons):
+        mesh.clear_geometry()
+        mesh.vertices.add(n)
+    mesh.vertices.foreach_set("co", np.ascontiguousarray(p[:, :3]).ravel())
+    write_float_attributes(mesh, PACKED_COLUMNS[3:], p[:, 3:])
+    mesh.update()
+
+
+def read_packed(mesh) -> np.ndarray:
+    """[N, 59] float32: the mesh's Gaussians in the packed layout (inverse of :func:`write_packed`).
+    Raises KeyError naming a missing attribute."""
+    n = len(mesh.vertices)
+    co = np.empty(n * 3, np.float32)
+    mesh.vertices.foreach_get("co", co)
+    return np.concatenate([co.reshape(n, 3), read_float_attributes(mesh, PACKED_COLUMNS[3:])], 1)
+
+
+def write_gaussians(mesh, g) -> None:
+    """Write the GaussianSet ``g`` (engine frame) into ``mesh`` (:func:`write_packed`). Raises
+    ``GaussianValidationError`` (a ValueError) for an invalid set."""
+    g.validate()
+    write_packed(mesh, pack_gaussians(g))
+
+
+def read_gaussians(mesh):
+    """The GaussianSet stored in ``mesh`` (inverse of :func:`write_gaussians`). Raises KeyError
+    naming a missing attribute."""
+    return unpack_gaussians(read_packed(mesh))
 
 
 # ---------------------------------------------------------------------- display

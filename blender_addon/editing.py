@@ -37,15 +37,17 @@ numpy + bpy only; torch stays in the engine process.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
 import numpy as np
 
-from fastavatar_engine.gaussians import PACKED_COLUMNS, pack_gaussians, unpack_gaussians
+from fastavatar_engine.gaussians import PACKED_COLUMNS, pack_gaussians, unpack_gaussians  # noqa: F401 (re-exported)
 
 from . import avatar as avatar_mod
 from . import engine
+from .avatar import read_packed, write_packed  # noqa: F401 (the editing API works on packed arrays)
 
 DIRECTIONS_KEY = "fastavatar_directions"
 PHOTOS_KEY = "fastavatar_photos"
@@ -63,45 +65,28 @@ _cache: dict = {}
 _refresh_job = None
 
 
-# ---------------------------------------------------------------------- packed arrays on a mesh
-def read_packed(mesh) -> np.ndarray:
-    """[N, 59] float32: the mesh's Gaussians (positions + INRIA attributes) in the packed layout."""
-    return pack_gaussians(avatar_mod.read_gaussians(mesh))
-
-
-def write_packed(mesh, packed: np.ndarray) -> None:
-    """Write [N, 59] packed Gaussians into ``mesh`` (positions + INRIA attributes)."""
-    avatar_mod.write_gaussians(mesh, unpack_gaussians(packed))
+# ---------------------------------------------------------------------- residual on a mesh
+RESIDUAL_COLUMNS = [RESIDUAL_PREFIX + name for name in PACKED_COLUMNS]
 
 
 def get_residual(mesh) -> np.ndarray | None:
-    """The refinement residual [N, 59] float32 stored on ``mesh``, or None when not refined."""
-    n = len(mesh.vertices)
-    if mesh.attributes.get(RESIDUAL_PREFIX + PACKED_COLUMNS[0]) is None:
+    """The refinement residual [N, 59] float32 stored on ``mesh``, or None when not refined.
+    Raises KeyError for an incomplete residual."""
+    if mesh.attributes.get(RESIDUAL_COLUMNS[0]) is None:
         return None
-    out = np.empty((len(PACKED_COLUMNS), n), np.float32)
-    for i, name in enumerate(PACKED_COLUMNS):
-        attr = mesh.attributes.get(RESIDUAL_PREFIX + name)
-        if attr is None:
-            raise KeyError(f"mesh {mesh.name!r} has an incomplete refinement residual (no {RESIDUAL_PREFIX + name})")
-        attr.data.foreach_get("value", out[i])
-    return np.ascontiguousarray(out.T)
+    return avatar_mod.read_float_attributes(mesh, RESIDUAL_COLUMNS)
 
 
 def set_residual(mesh, residual: np.ndarray | None) -> None:
-    """Store (or with None remove) the refinement residual [N, 59] as ``fa_res_*`` point attributes."""
-    for name in PACKED_COLUMNS:
-        attr = mesh.attributes.get(RESIDUAL_PREFIX + name)
-        if attr is not None and residual is None:
-            mesh.attributes.remove(attr)
+    """Store (or with None remove) the refinement residual [N, 59] as ``fa_res_*`` point
+    attributes. Raises ValueError for a shape other than [N, 59]."""
     if residual is None:
+        for name in RESIDUAL_COLUMNS:
+            attr = mesh.attributes.get(name)
+            if attr is not None:
+                mesh.attributes.remove(attr)
         return
-    r = np.asarray(residual, np.float32)
-    if r.shape != (len(mesh.vertices), len(PACKED_COLUMNS)):
-        raise ValueError(f"residual must be [{len(mesh.vertices)}, {len(PACKED_COLUMNS)}], got {list(r.shape)}")
-    for i, name in enumerate(PACKED_COLUMNS):
-        attr = mesh.attributes.get(RESIDUAL_PREFIX + name) or mesh.attributes.new(RESIDUAL_PREFIX + name, "FLOAT", "POINT")
-        attr.data.foreach_set("value", np.ascontiguousarray(r[:, i]))
+    avatar_mod.write_float_attributes(mesh, RESIDUAL_COLUMNS, residual)
 
 
 # ---------------------------------------------------------------------- directions on objects
@@ -171,6 +156,7 @@ def _remove_fcurve(action, fc):
 
 # ---------------------------------------------------------------------- effective state
 def is_blend(obj) -> bool:
+    """Whether ``obj`` is a blend avatar (both inputs set)."""
     p = obj.fastavatar
     return p.blend_a is not None and p.blend_b is not None
 
@@ -184,37 +170,52 @@ def _edit_terms(obj):
     return names, dirs, amounts
 
 
-def effective_state(obj, depth: int = 0):
-    """(base code [D], directions [M,D], amounts [M], residual [N,59] or None) of ``obj``.
+@dataclass
+class EditState:
+    """What an avatar's displayed Gaussians are made of: decode(``base`` + ``amounts`` @ ``dirs``)
+    + ``residual``. ``base`` [D] float32 code, ``dirs`` [M,D] unit directions, ``amounts`` [M],
+    ``residual`` [N,59] packed or None. For a blend also ``mix_row`` [D] = w_B' - w_A' (d code /
+    d mix) and ``mix_residual`` [N,59] = R_B - R_A (None when neither input is refined)."""
 
-    Gaussians = decode(base + amounts @ directions) + residual. For a blend the base is the
-    mix of its inputs' edited codes and the residual the mix of theirs (see the module doc).
-    Raises ValueError for a blend cycle, inputs of different models or splat counts."""
+    base: np.ndarray
+    dirs: np.ndarray
+    amounts: np.ndarray
+    residual: np.ndarray | None
+    mix_row: np.ndarray | None = None
+    mix_residual: np.ndarray | None = None
+
+    @property
+    def edited_code(self) -> np.ndarray:
+        """[D] the code with the sliders applied."""
+        return self.base + self.amounts @ self.dirs if len(self.amounts) else self.base
+
+
+def effective_state(obj, depth: int = 0) -> EditState:
+    """The :class:`EditState` of ``obj``. For a blend the base is the mix of its inputs' edited
+    codes and the residual the mix of theirs (see the module doc). Raises ValueError for a blend
+    cycle, inputs of different models or splat counts, KeyError for an incomplete residual."""
     names, dirs, amounts = _edit_terms(obj)
     if not is_blend(obj):
-        return avatar_mod.get_code(obj), dirs, amounts, get_residual(obj.data)
+        return EditState(avatar_mod.get_code(obj), dirs, amounts, get_residual(obj.data))
     if depth > MAX_BLEND_DEPTH:
         raise ValueError(f"{obj.name}: blend inputs nest too deep (a cycle?)")
     p = obj.fastavatar
     a, b = p.blend_a, p.blend_b
     if a.fastavatar.model_id != b.fastavatar.model_id:
         raise ValueError(f"{a.name} and {b.name} come from different models; they cannot be blended")
-    wa, da, aa, ra = effective_state(a, depth + 1)
-    wb, db, ab, rb = effective_state(b, depth + 1)
-    wa = wa + aa @ da if len(aa) else wa
-    wb = wb + ab @ db if len(ab) else wb
+    sa, sb = effective_state(a, depth + 1), effective_state(b, depth + 1)
+    wa, wb = sa.edited_code, sb.edited_code
     t = np.float32(p.mix)
     base = (np.float32(1) - t) * wa + t * wb
-    if ra is None and rb is None:
-        res = None
-    else:
+    res = mix_res = None
+    if sa.residual is not None or sb.residual is not None:
         n = len(a.data.vertices)
         if n != len(b.data.vertices):
             raise ValueError(f"{a.name} and {b.name} have different splat counts")
-        ra = np.zeros((n, len(PACKED_COLUMNS)), np.float32) if ra is None else ra
-        rb = np.zeros_like(ra) if rb is None else rb
-        res = (np.float32(1) - t) * ra + t * rb
-    return base, dirs, amounts, res
+        ra = np.zeros((n, len(PACKED_COLUMNS)), np.float32) if sa.residual is None else sa.residual
+        rb = np.zeros_like(ra) if sb.residual is None else sb.residual
+        res, mix_res = (np.float32(1) - t) * ra + t * rb, rb - ra
+    return EditState(base, dirs, amounts, res, mix_row=wb - wa, mix_residual=mix_res)
 
 
 def parameters(obj) -> tuple:
@@ -275,6 +276,7 @@ def update_preview(obj) -> bool:
 
 
 def needs_update(obj) -> bool:
+    """Whether ``obj``'s shown arrays are not those of its current parameters and structure."""
     c = _cache.get(obj.session_uid)
     return c is None or c["shown"] != parameters(obj) or c["key"] != _structure_key(obj)
 
@@ -419,27 +421,16 @@ def _settle():
     return None
 
 
-def _edited_code(obj) -> np.ndarray:
-    w, dirs, amounts, _ = effective_state(obj, 1)
-    return w + amounts @ dirs if len(amounts) else w
-
-
 def _snapshot(obj) -> dict:
     """Everything an exact decode of ``obj`` needs, read from Blender on the main thread: the
     base code, the direction rows and amounts (for a blend one more row, w_B' - w_A', at amount
     0, whose tangent is the mix's), the residual, and the residual's share of the mix tangent."""
-    base, dirs, amounts, res = effective_state(obj)
-    rows, amts = list(dirs), [float(a) for a in amounts]
-    mix_extra = None
-    if is_blend(obj):
-        p = obj.fastavatar
-        rows.append(_edited_code(p.blend_b) - _edited_code(p.blend_a))
+    st = effective_state(obj)
+    rows, amts = list(st.dirs), [float(a) for a in st.amounts]
+    if st.mix_row is not None:
+        rows.append(st.mix_row)
         amts.append(0.0)
-        ra, rb = get_residual(p.blend_a.data), get_residual(p.blend_b.data)
-        if ra is not None or rb is not None:
-            n = len(obj.data.vertices)
-            mix_extra = (np.zeros((n, len(PACKED_COLUMNS)), np.float32) if rb is None else rb) - (0 if ra is None else ra)
-    return {"base": base, "rows": rows, "amounts": amts, "residual": res, "mix_extra": mix_extra}
+    return {"base": st.base, "rows": rows, "amounts": amts, "residual": st.residual, "mix_extra": st.mix_residual}
 
 
 def _exact_from_snapshot(s: dict, tangents: bool = True):
@@ -467,6 +458,7 @@ HANDLERS = (("frame_change_post", frame_change_post), ("render_init", render_ini
 
 
 def register_handlers():
+    """Add the frame, render, load and undo handlers (idempotent)."""
     for name, fn in HANDLERS:
         lst = getattr(bpy.app.handlers, name)
         if fn not in lst:
@@ -474,6 +466,7 @@ def register_handlers():
 
 
 def unregister_handlers():
+    """Remove the handlers and the settle timer, and forget cached expansions."""
     for name, fn in HANDLERS:
         lst = getattr(bpy.app.handlers, name)
         while fn in lst:

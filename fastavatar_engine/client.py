@@ -77,6 +77,7 @@ class EngineClient:
         self.start_seconds: float | None = None
         self._lock = threading.RLock()
         self._in_flight = 0  # requests sent or waiting to be sent (any thread)
+        self._count_lock = threading.Lock()
         self._messages: queue.Queue = queue.Queue()
         self._log = collections.deque(maxlen=200)
         self._next_id = 1
@@ -215,11 +216,13 @@ class EngineClient:
         once true, a ``cancel`` frame is sent (the engine then answers with an error of kind
         'cancelled'). Raises :class:`EngineError`, :class:`EngineCrashed`, :class:`EngineTimeout`."""
         timeout = self.request_timeout if timeout is None else timeout
-        self._in_flight += 1
+        with self._count_lock:
+            self._in_flight += 1
         try:
             return self._request(type_, header, arrays, progress, cancel, timeout, preview)
         finally:
-            self._in_flight -= 1
+            with self._count_lock:
+                self._in_flight -= 1
 
     def _request(self, type_, header, arrays, progress, cancel, timeout, preview):
         with self._lock:

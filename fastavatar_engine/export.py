@@ -142,6 +142,8 @@ def rotate_gaussians(g: GaussianSet, rot: np.ndarray) -> GaussianSet:
 
 
 def resolve_convention(convention: str, fmt: str) -> str:
+    """The concrete axis convention for ``convention`` (one of :data:`CONVENTIONS`) and format
+    ``fmt`` ('auto': 'engine' for glb, 'ply' otherwise). Raises :class:`ExportError` for an unknown one."""
     if convention not in CONVENTIONS:
         raise ExportError(f"unknown axis convention {convention!r} (known: {', '.join(CONVENTIONS)})")
     if convention == "auto":
