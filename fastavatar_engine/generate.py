@@ -85,7 +85,8 @@ class Avatar:
 class RefineView:
     """One photo refinement fits: ``image`` [H,W,3] uint8 RGB, its camera ``c2w`` (4x4 OpenGL,
     head frame, metres) and ``K`` (3x3, pixels of ``image``), ``mask`` [H,W] float32 in [0,1] (the
-    face hull, or a foreground mask with ``mask_is_foreground``), and a ``name`` for messages."""
+    face hull, or a foreground mask with ``mask_is_foreground``), a ``name`` for messages and, when
+    estimated from the photo's face, the ``camera`` (CameraEstimate) ``c2w``/``K`` came from."""
 
     image: np.ndarray
     c2w: np.ndarray
@@ -93,6 +94,7 @@ class RefineView:
     mask: np.ndarray
     mask_is_foreground: bool = False
     name: str = ""
+    camera: object = None  # the CameraEstimate ``c2w``/``K`` came from, when estimated from the photo
 
 
 def face_mask(shape_hw: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
@@ -185,32 +187,41 @@ class AvatarGenerator:
         hull, and refinement (``refine_steps`` > 0, or :meth:`refine` later) fits all of them.
         ``face_index`` applies to every photo. Raises like :meth:`generate`, naming the photo.
         """
-        from .face import estimate_camera
-
-        photos = list(photos)
-        if not photos:
-            raise ValueError("generate_multi needs at least one photo")
-        codes, views, first = [], [], None
         t0 = time.perf_counter()
-        for photo in photos:
-            image, name, face, timings = self._detect(photo, face_index)
-            embedding = self.embedder.embed(image, face)
-            codes.append(self.model.encode(embedding))
-            camera = estimate_camera(face)
-            views.append(RefineView(image, camera.c2w, camera.K, face_mask(image.shape[:2], face.landmarks),
-                                    name=None if name == "<bytes>" else name))
-            if first is None:
-                first = (image, name, face, camera, embedding)
+        detected = self._photo_views(photos, face_index)
+        embedding = None
+        codes = []
+        for image, face, _ in detected:
+            e = self.embedder.embed(image, face)
+            embedding = e if embedding is None else embedding
+            codes.append(self.model.encode(e))
         w = torch.stack(codes).mean(0)
         with torch.no_grad():
             g = self.model.decode(w)
-        image, name, face, camera, embedding = first
-        avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), camera, face, self.model.model_id,
-                        None if name == "<bytes>" else name, embedding,
+        image, face, views = detected[0][0], detected[0][1], [v for _, _, v in detected]
+        avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), views[0].camera, face,
+                        self.model.model_id, views[0].name, embedding,
                         timings_ms={"generate_multi": 1e3 * (time.perf_counter() - t0)}, views=views)
         if refine_steps > 0:
             self.refine(avatar, image, refine_steps, progress=progress, **refine_kwargs)
         return avatar
+
+    def _photo_views(self, photos, face_index) -> list:
+        """[(image [H,W,3] uint8, face, RefineView with the estimated camera and face hull)] for
+        each of ``photos`` (at least one). Raises like :meth:`generate`, naming the photo."""
+        from .face import estimate_camera
+
+        photos = list(photos)
+        if not photos:
+            raise ValueError("several photos expected, got none")
+        out = []
+        for photo in photos:
+            image, name, face, _ = self._detect(photo, face_index)
+            camera = estimate_camera(face)
+            out.append((image, face, RefineView(image, camera.c2w, camera.K,
+                                                face_mask(image.shape[:2], face.landmarks),
+                                                name=None if name == "<bytes>" else name, camera=camera)))
+        return out
 
     def _detect(self, photo, face_index):
         """(image [H,W,3] uint8, name, face, timings ms) for ``photo``; raises like :meth:`generate`."""
@@ -229,16 +240,17 @@ class AvatarGenerator:
     def avatar_from_code(self, photo, code, face_index: int | None = None) -> tuple[Avatar, np.ndarray]:
         """(avatar decoded from ``code`` with ``photo``'s face and camera, the photo [H,W,3] uint8):
         the starting point to refine an existing avatar (code from an earlier :meth:`generate`)
-        against its photo. Raises ``ValueError`` for a code of the wrong length, and like
-        :meth:`generate` for the photo."""
-        from .face import estimate_camera
-
+        against its photo. ``photo`` may be a list of photos of one person: the avatar then holds
+        them all in :attr:`Avatar.views` (the first one is returned). Raises ``ValueError`` for a
+        code of the wrong length, and like :meth:`generate` for the photos."""
         w = self.model.check_code(code)
-        image, name, face, timings = self._detect(photo, face_index)
+        detected = self._photo_views(photo if isinstance(photo, (list, tuple)) else [photo], face_index)
         with torch.no_grad():
             g = self.model.decode(w)
-        avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), estimate_camera(face), face,
-                        self.model.model_id, None if name == "<bytes>" else name, timings_ms=timings)
+        image, face, view = detected[0]
+        avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), view.camera, face,
+                        self.model.model_id, view.name,
+                        views=[v for _, _, v in detected] if isinstance(photo, (list, tuple)) else [])
         return avatar, image
 
     # ------------------------------------------------------------------ refinement

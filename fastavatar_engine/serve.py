@@ -278,12 +278,8 @@ class Engine:
         steps = _int(header, "steps", 300, 1, MAX_REFINE_STEPS)
         mode = self._mode(header)
         fi = self._face_index(header)
-        if photos is not None:
-            avatar = self.generator.generate_multi(photos, face_index=fi)
-            avatar.code = self.model.check_code(code).cpu().numpy().astype(np.float32)
-            image = avatar.views[0].image
-        else:
-            avatar, image = self.generator.avatar_from_code(self._photo(header, arrays), code, face_index=fi)
+        avatar, image = self.generator.avatar_from_code(photos if photos is not None else self._photo(header, arrays),
+                                                        code, face_index=fi)
         progress, was_cancelled = self._progress(header, emit, cancelled)
         self.generator.refine(avatar, image, steps, progress=progress, mode=mode, **self._preview(header, emit))
         if was_cancelled():

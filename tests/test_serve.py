@@ -233,6 +233,10 @@ def test_generate_from_several_photos_fuses_the_codes(engine, astronaut, tmp_pat
     assert header["photos"] == [str(astronaut), str(flipped)] and len(g) == 10144
     with pytest.raises(EngineError, match="either 'image_paths' or one photo"):
         engine.request("generate", {"image_paths": [str(astronaut)], "image_path": str(astronaut)})
+    # refining the fused avatar fits both photos: the result names them and moves the code
+    g2, refined, header2 = engine.refine(fused, image_paths=[str(astronaut), str(flipped)], steps=2)
+    assert header2["photos"] == [str(astronaut), str(flipped)] and header2["refined_steps"] == 2
+    assert not np.array_equal(refined, fused) and "base_packed" in header2["arrays"]
 
 
 def test_refine_streams_live_previews_and_returns_the_base_decode(engine, model, astronaut):
