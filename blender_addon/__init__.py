@@ -391,13 +391,33 @@ def directions_dir() -> Path:
 _DIRECTION_ITEMS: list = []  # Blender needs the enum item strings kept alive
 
 
-def _direction_items(context):
+_LIBRARY_CACHE: dict = {}
+
+
+def library_directions(model_id: str):
+    """(directions, problems) of the library for ``model_id``; the files are parsed again only
+    when the folder's listing or a file's modification time changed (the panel asks on every
+    redraw)."""
     from fastavatar_engine.directions import load_library
 
+    folder = directions_dir()
+    try:
+        stamp = tuple(sorted((q.name, q.stat().st_mtime_ns) for q in folder.glob("*.json")))
+    except OSError:
+        stamp = ()
+    key = (str(folder), model_id)
+    hit = _LIBRARY_CACHE.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = (stamp, load_library(folder, model_id))
+        _LIBRARY_CACHE[key] = hit
+    return hit[1]
+
+
+def _direction_items(context):
     obj = getattr(context, "active_object", None) if context is not None else None
     items = []
     if avatar_mod.is_avatar(obj):
-        dirs, _ = load_library(directions_dir(), obj.fastavatar.model_id)
+        dirs, _ = library_directions(obj.fastavatar.model_id)
         for d in dirs:
             acc = d.accuracy.get("cross_validated")
             items.append((d.name, d.name, f"{d.name} (cross-validated accuracy {acc})" if acc is not None else d.name))
@@ -470,12 +490,10 @@ class FASTAVATAR_OT_add_all_directions(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        from fastavatar_engine.directions import load_library
-
         obj = _active_avatar(context, self)
         if obj is None:
             return {"CANCELLED"}
-        dirs, problems = load_library(directions_dir(), obj.fastavatar.model_id)
+        dirs, problems = library_directions(obj.fastavatar.model_id)
         added = [d.name for d in dirs if d.name not in obj.fastavatar.edits]
         for d in dirs:
             if d.name in added:
