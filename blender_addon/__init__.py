@@ -108,12 +108,20 @@ class FastAvatarObjectProps(bpy.types.PropertyGroup):
     camera_json: StringProperty(name="Camera", description="Estimated photo camera (JSON, head frame)")
 
 
+#: Generate Avatar's default likeness fit, the engine's ``generate.DEFAULT_FIT_STEPS`` (the add-on
+#: does not import the engine; a test checks the two agree)
+FIT_STEPS_DEFAULT = 40
+
+
 class FastAvatarSceneProps(bpy.types.PropertyGroup):
     photo_path: StringProperty(name="Photo", subtype="FILE_PATH", description="Face photo to turn into an avatar")
     image: PointerProperty(name="Image", type=bpy.types.Image,
                            description="Use this image datablock instead of the file path")
     face_index: IntProperty(name="Face", default=-1, min=-1, soft_max=16,
                             description="Which face when there are several (-1: the largest)")
+    fit_steps: IntProperty(name="Likeness Fit", default=FIT_STEPS_DEFAULT, min=0, soft_max=300,
+                           description="Steps Generate Avatar fits the avatar to the photo (hair outline, colours, "
+                                       "proportions; ~10 s on a 2-core CPU). 0: the bare feed-forward avatar")
     status: StringProperty(name="Status")
     progress: FloatProperty(name="Progress", default=-1.0, description="Fraction done of the running job (-1: none)")
     refine_steps: IntProperty(name="Steps", default=300, min=1, soft_max=2000,
@@ -171,16 +179,22 @@ def resolve_photo(context) -> tuple[str | None, np.ndarray | None, str]:
 
 
 # ---------------------------------------------------------------------- generate
-def generate_avatar(path, pixels, face_index, progress=None, cancelled=None):
-    """Run generate on the engine; returns (GaussianSet, code, header). Engine errors propagate."""
+def generate_avatar(path, pixels, face_index, progress=None, cancelled=None, fit_steps: int = FIT_STEPS_DEFAULT):
+    """Run generate on the engine (with ``fit_steps`` of likeness fit against the photo, 0: none);
+    returns (GaussianSet, code, header). Engine errors propagate."""
     client = engine.get_client()
     if progress:
         progress("Starting the engine..." if not client.alive else "Generating...", 0.1)
     client.start()
     if progress:
-        progress("Generating...", 0.3)
+        progress("Generating...", 0.2)
+
+    def on_step(h):
+        if progress and h.get("stage") == "refine" and h.get("total"):
+            progress(f"Fitting to the photo {h['step']}/{h['total']}", 0.2 + 0.8 * h["step"] / h["total"])
+
     return client.generate(image_path=path, pixels=pixels, face_index=None if face_index < 0 else face_index,
-                           cancel=cancelled)
+                           refine_steps=int(fit_steps), cancel=cancelled, progress=on_step)
 
 
 def _apply_result(context, result, label, face_index, photos=None):
@@ -317,9 +331,9 @@ class FASTAVATAR_OT_generate(_JobModal, bpy.types.Operator):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         self._label, self._fi = label, context.scene.fastavatar.face_index
-        fi = self._fi
+        fi, fit = self._fi, context.scene.fastavatar.fit_steps
         return self.run_job(context, engine.Job(
-            lambda progress, cancelled: generate_avatar(path, pixels, fi, progress, cancelled)))
+            lambda progress, cancelled: generate_avatar(path, pixels, fi, progress, cancelled, fit)))
 
     def on_done(self, context, result):
         obj = _apply_result(context, result, self._label, self._fi)
@@ -895,6 +909,7 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
         col.prop(settings, "photo_path")
         col.template_ID(settings, "image", open="image.open")
         col.prop(settings, "face_index")
+        col.prop(settings, "fit_steps")
         col.operator(FASTAVATAR_OT_generate.bl_idname, icon="USER")
         if settings.status:
             col.label(text=settings.status[:90])

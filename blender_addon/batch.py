@@ -53,6 +53,8 @@ def parse_args(argv):
     p.add_argument("--samples", type=int, default=32, help="Cycles samples (default 32)")
     p.add_argument("--resolution", type=int, default=512, help="render width and height in pixels (default 512)")
     p.add_argument("--face-index", type=int, default=-1, help="which face (-1: the largest)")
+    p.add_argument("--fit", type=int, default=None, metavar="N",
+                   help="likeness fit steps of Generate Avatar (default: the add-on's, 40; 0: feed-forward only)")
     p.add_argument("--refine", type=int, default=0, metavar="N",
                    help="refine each avatar against its photo for N steps (the paper's full refinement: 300)")
     p.add_argument("--direction", action="append", default=[], metavar="FILE=AMOUNT",
@@ -165,6 +167,8 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
     scene = bpy.context.scene
     scene.fastavatar.photo_path = str(photo.resolve())
     scene.fastavatar.face_index = args.face_index
+    if args.fit is not None:
+        scene.fastavatar.fit_steps = args.fit
     t = time.perf_counter()
     result = bpy.ops.fastavatar.generate()
     if result != {"FINISHED"}:

@@ -226,9 +226,11 @@ def _progress_bar(label: str):
 
 
 def cmd_generate(args) -> int:
-    from .generate import AvatarGenerator, preview_strip, save_avatar
+    from .generate import DEFAULT_FIT_STEPS, AvatarGenerator, preview_strip, save_avatar
     from .images import load_image, save_png
 
+    if args.refine is None:
+        args.refine = DEFAULT_FIT_STEPS
     if args.refine < 0:
         raise CliError(f"--refine must be >= 0, got {args.refine}")
     images = [load_image(p) for p in args.photo]
@@ -245,7 +247,8 @@ def cmd_generate(args) -> int:
                     view.name = str(path)
         avatar.photo = str(args.photo[0])
         if args.refine:
-            gen.refine(avatar, image, args.refine, progress=_progress_bar("refine"), mode=args.refine_mode,
+            gen.refine(avatar, image, args.refine, progress=_progress_bar("fit" if args.refine == DEFAULT_FIT_STEPS
+                                                                          else "refine"), mode=args.refine_mode,
                        geometry_anchor=args.geometry_anchor, precision=args.precision)
         ply, meta = save_avatar(avatar, args.output)
         out = {"ply": str(ply), "metadata": str(meta), "gaussians": len(avatar.gaussians),
@@ -267,6 +270,27 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+#: refinement options ``--refine-option`` may set, with their types
+_REFINE_OPTIONS = {"symmetry": bool, "mirror_weight": float, "silhouette_weight": float, "landmark_weight": float,
+                   "prior_weight": float, "prior_samples": int, "refine_size": int, "lr_code": float,
+                   "lr_decoder": float, "code_reg": float, "ssim_weight": float}
+
+
+def _refine_option(text: str):
+    key, sep, value = text.partition("=")
+    kind = _REFINE_OPTIONS.get(key.strip())
+    if not sep or kind is None:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with KEY one of {', '.join(_REFINE_OPTIONS)}, got {text!r}")
+    try:
+        if kind is bool:
+            if value.strip().lower() not in ("true", "false", "1", "0", "on", "off"):
+                raise ValueError
+            return key.strip(), value.strip().lower() in ("true", "1", "on")
+        return key.strip(), kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{key}: not a valid {kind.__name__}: {value!r}") from None
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_subject
 
@@ -278,7 +302,8 @@ def cmd_evaluate(args) -> int:
         result = evaluate_subject(args.data, args.subject, args.input_view, args.refine, held_out=args.held_out,
                                   image_scale=args.image_scale, generator=gen, progress=_progress_bar("refine") if args.refine else None,
                                   refine_mode=args.refine_mode, geometry_anchor=args.geometry_anchor,
-                                  precision=args.precision)
+                                  precision=args.precision, oracle=args.oracle,
+                                  refine_options=dict(args.refine_option or []))
     finally:
         gen.close()
     text = json.dumps(result, indent=2)
@@ -287,7 +312,7 @@ def cmd_evaluate(args) -> int:
 
         _atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text + "\n"))
     summary = {k: result[k]["mean"] | {"identity_similarity": result[k]["identity_similarity"]}
-               for k in ("feed_forward", "refined") if k in result}
+               for k in ("feed_forward", "refined", "oracle_refined") if k in result}
     print(json.dumps({"subject": args.subject, "input_view": args.input_view, **summary}, indent=2))
     return 0
 
@@ -383,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="photo -> 3D Gaussian head avatar (PLY + code sidecar + preview)")
     g.add_argument("photo", nargs="+", help="face photo; several photos of one person give one fused avatar")
     g.add_argument("-o", "--output", required=True, help="output INRIA PLY (a .fastavatar.json sidecar is written beside)")
-    g.add_argument("--refine", type=int, default=0, metavar="N", help="refinement steps against the photo (paper: 300)")
+    g.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="refinement steps against the photo (default: the likeness fit, generate.DEFAULT_FIT_STEPS "
+                        "steps; 0: the bare feed-forward avatar; the paper: 300)")
     g.add_argument("--refine-mode", default="auto", choices=["auto", "full", "heads"],
                    help="full (= auto): code + whole decoder, the paper's; heads: geometry fixed, colour and "
                         "opacity heads only (about 3x faster on CPU, a weaker appearance touch-up)")
@@ -427,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.01 keeps single-view refinement from bending side views of a well-predicted face)")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="full refinement: bf16 autocast for the decoder MLP (auto: on CPUs with native bf16)")
+    e.add_argument("--oracle", action="store_true",
+                   help="also refine at the calibrated camera inside the dataset's foreground mask (an oracle "
+                        "no user has), reported beside the product path as oracle_refined")
+    e.add_argument("--refine-option", type=_refine_option, action="append", metavar="KEY=VALUE",
+                   help="product-path refinement option, e.g. symmetry=false, landmark_weight=0, "
+                        "silhouette_weight=0, prior_weight=0, mirror_weight=0.25 (repeatable)")
     e.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
     e.add_argument("--json", help="write the full result (per view) here")
     e.add_argument("--verbose", action="store_true")

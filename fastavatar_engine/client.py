@@ -275,10 +275,12 @@ class EngineClient:
         return self.request("hello", {"protocol": PROTOCOL_VERSION}).header
 
     def generate(self, image_path: str | None = None, pixels: np.ndarray | None = None,
-                 face_index: int | None = None, refine_steps: int = 0, image_paths=None, **kw):
+                 face_index: int | None = None, refine_steps: int | None = None, image_paths=None, **kw):
         """(GaussianSet, code [D] float32, result header) for a photo given by path or pixels, or
-        for several photos of one person (``image_paths``: fused code). A refined result's arrays
-        (``header['arrays']``) include ``base_packed``."""
+        for several photos of one person (``image_paths``: fused code). ``refine_steps``: None runs
+        the engine's default likeness fit (``generate.DEFAULT_FIT_STEPS`` steps of refinement
+        against the photo), 0 the bare feed-forward avatar. A refined result's arrays
+        (``header['arrays']``) include ``base_packed``; pass ``progress`` for its step events."""
         header = {"face_index": face_index, "refine_steps": refine_steps}
         if image_paths is not None:
             header["image_paths"] = [str(q) for q in image_paths]

@@ -3,14 +3,21 @@
 Generate an avatar from one view V of a subject, render every other view with its calibrated
 camera (in the FLAME head frame, where avatars live) and compare with the photos: PSNR, SSIM and
 L1, over the whole image and inside the foreground mask, for the feed-forward avatar and, with
-``refine_steps`` > 0, the refined one (refined at V's calibrated camera against V's photo, its
-foreground mask telling head from white background). Also
-the identity similarity (cosine of the backbone's embeddings) between the input photo and the
-frontal (camera 8) render at full resolution.
+``refine_steps`` > 0, the refined one. Also the identity similarity (cosine of the backbone's
+embeddings) between the input photo and the frontal (camera 8) render at full resolution.
+
+**The product path** (the default, ``refined``): V's photo is all the avatar gets, exactly as
+from ``fastavatar generate PHOTO --refine N`` or Blender's *Generate* / *Refine*: the camera is
+estimated from the face, the mask comes from segmentation, the mirrored view and the landmarks
+are added (:mod:`fastavatar_engine.photofit`). Only the scoring uses the calibration.
+
+**The oracle** (``oracle=True``, reported beside it as ``oracle_refined``): refinement at V's
+calibrated camera inside the dataset's foreground mask, which no user has.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -57,14 +64,16 @@ def _identity_similarity(generator, g, photo_embedding, frontal_view) -> float |
 def evaluate_subject(data_dir, subject: str, input_view=FRONTAL_CAMERA, refine_steps: int = 0,
                      model=None, image_scale: float = 0.5, generator=None, progress=None,
                      refine_mode: str = "auto", geometry_anchor: float = 0.0, precision: str = "auto",
-                     held_out=None) -> dict:
+                     held_out=None, oracle: bool = False, refine_options: dict | None = None) -> dict:
     """Run the evaluation on cameras 0-15 of ``data_dir/subject``; returns the JSON-ready dict.
 
     ``input_view``: camera index of the input photo (full resolution), or a list of indices for
     a multi-photo avatar (:meth:`AvatarGenerator.generate_multi`; refinement then fits every input
     view at its calibrated camera). ``held_out``: the cameras scored (default: all the others);
     pass the same set to compare one input view with several. The scored cameras are rendered at
-    ``image_scale``. Keys: ``feed_forward`` and (with ``refine_steps`` > 0) ``refined``, each with
+    ``image_scale``. ``refine_options``: extra keyword arguments of :meth:`AvatarGenerator.refine`
+    for the product path (e.g. ``symmetry=False``). Keys: ``feed_forward`` and (with
+    ``refine_steps`` > 0) ``refined`` (the product path) and, with ``oracle``, ``oracle_refined``, each with
     ``mean`` and per-view ``views`` metrics (PSNR in dB, SSIM, L1, each also inside the foreground
     mask) and ``identity_similarity``. Raises ``ValueError`` for a missing camera or an input view
     among the scored ones, ``CameraError`` for a malformed subject folder, face errors from generation.
@@ -101,14 +110,27 @@ def evaluate_subject(data_dir, subject: str, input_view=FRONTAL_CAMERA, refine_s
             "identity_similarity": _identity_similarity(gen, feed_forward, avatar.embedding, frontal)},
     }
     if refine_steps > 0:
-        t = time.perf_counter()
-        views = [RefineView(p, v.c2w, v.K, v.mask.numpy(), mask_is_foreground=True, name=f"camera {v.camera_index}")
-                 for p, v in zip(photos, full_inputs)]
-        gen.refine(avatar, photos[0], refine_steps, views=views, progress=progress, mode=refine_mode,
-                   geometry_anchor=geometry_anchor, precision=precision)
-        g = avatar.gaussians.to_torch()
-        result["refined"] = _metrics(g, others) | {
-            "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps, "mode": avatar.refine_mode,
-            "loss_first": round(avatar.refine_losses[0], 5), "loss_last": round(avatar.refine_losses[-1], 5),
-            "identity_similarity": _identity_similarity(gen, g, avatar.embedding, frontal)}
+        code0 = avatar.code.copy()
+
+        def run(key, **kw):
+            av = copy.copy(avatar)
+            av.code = code0.copy()
+            av.timings_ms = {}
+            t = time.perf_counter()
+            gen.refine(av, photos[0], refine_steps, progress=progress, mode=refine_mode,
+                       geometry_anchor=geometry_anchor, precision=precision, **kw)
+            g = av.gaussians.to_torch()
+            result[key] = _metrics(g, others) | {
+                "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps, "mode": av.refine_mode,
+                "loss_first": round(av.refine_losses[0], 5), "loss_last": round(av.refine_losses[-1], 5),
+                "identity_similarity": _identity_similarity(gen, g, av.embedding, frontal)}
+            return av
+
+        # the product path: what generate --refine / Blender's Refine do with the photo alone
+        result["refined_options"] = dict(refine_options or {})
+        run("refined", **(refine_options or {}))
+        if oracle:  # calibrated cameras and the dataset's foreground masks
+            views = [RefineView(p, v.c2w, v.K, v.mask.numpy(), mask_is_foreground=True, name=f"camera {v.camera_index}")
+                     for p, v in zip(photos, full_inputs)]
+            run("oracle_refined", views=views, symmetry=False)
     return result

@@ -36,9 +36,15 @@ from .gaussians import GaussianSet
 from .images import resample
 from .model.io import FastAvatarModel
 from .ply import _atomic_write, write_ply
-from .render import GaussianTensors, render
+from .render import GaussianTensors, _viewmat, render
 
 ProgressFn = Callable[[int, int, float], bool | None]  # (step, total, loss) -> False to cancel
+
+#: Steps of the likeness fit that ``fastavatar generate``, ``batch.py`` and Blender's *Generate
+#: Avatar* run by default (the product-path refinement of :meth:`AvatarGenerator.refine`, cameras
+#: first): enough to carry the photo's hair outline, colours and proportions within the 15 s
+#: budget on a 2-core CPU (README, *Likeness*). 0 gives the bare feed-forward avatar.
+DEFAULT_FIT_STEPS = 40
 
 #: Heads that the CPU ("heads") refinement mode fine-tunes; geometry heads stay fixed.
 APPEARANCE_HEADS = ("color", "opacity")
@@ -95,6 +101,30 @@ class RefineView:
     mask_is_foreground: bool = False
     name: str = ""
     camera: object = None  # the CameraEstimate ``c2w``/``K`` came from, when estimated from the photo
+    #: [H,W] float32 in {0,1}: pixels the loss ignores (the body beyond the template), or None
+    ignore: np.ndarray | None = None
+    #: [478,2] float64 landmark targets in pixels of ``image`` (None: no landmark loss)
+    landmarks: np.ndarray | None = None
+    #: the left-right flipped photo at the mirrored camera (:func:`photofit.mirror_camera`)
+    mirrored: bool = False
+    #: loss weight of this view (the mirrored view: :data:`photofit.MIRROR_WEIGHT`)
+    weight: float = 1.0
+    #: views with the same group are fitted in the same step (a photo and its mirror); None:
+    #: a group of its own
+    group: int | None = None
+
+    def flipped(self, weight: float | None = None) -> "RefineView":
+        """The mirrored view of this one: the photo, masks and landmarks flipped left-right, the
+        camera mirrored across the head frame's x = 0 plane (:func:`photofit.mirror_camera`)."""
+        from .photofit import MIRROR_WEIGHT, mirror_camera, mirror_landmarks
+
+        w = self.image.shape[1]
+        c2w, K = mirror_camera(self.c2w, self.K, w)
+        return RefineView(np.ascontiguousarray(self.image[:, ::-1]), c2w, K, np.ascontiguousarray(self.mask[:, ::-1]),
+                          self.mask_is_foreground, f"{self.name} (mirrored)", None,
+                          None if self.ignore is None else np.ascontiguousarray(self.ignore[:, ::-1]),
+                          None if self.landmarks is None else mirror_landmarks(self.landmarks, w),
+                          not self.mirrored, MIRROR_WEIGHT if weight is None else float(weight), self.group)
 
 
 def face_mask(shape_hw: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
@@ -138,6 +168,9 @@ class AvatarGenerator:
     def close(self) -> None:
         """Release the MediaPipe graphs (the generator cannot be used afterwards)."""
         self.front_end.close()
+        if getattr(self, "_segmenter", None) is not None:
+            self._segmenter.close()
+            self._segmenter = None
 
     def __enter__(self):
         return self
@@ -207,21 +240,57 @@ class AvatarGenerator:
         return avatar
 
     def _photo_views(self, photos, face_index) -> list:
-        """[(image [H,W,3] uint8, face, RefineView with the estimated camera and face hull)] for
-        each of ``photos`` (at least one). Raises like :meth:`generate`, naming the photo."""
+        """[(image [H,W,3] uint8, face, RefineView)] for each of ``photos`` (at least one): the
+        product-path view of each photo (:meth:`photo_view`). Raises like :meth:`generate`,
+        naming the photo."""
         from .face import estimate_camera
 
         photos = list(photos)
         if not photos:
             raise ValueError("several photos expected, got none")
         out = []
-        for photo in photos:
+        for i, photo in enumerate(photos):
             image, name, face, _ = self._detect(photo, face_index)
             camera = estimate_camera(face)
-            out.append((image, face, RefineView(image, camera.c2w, camera.K,
-                                                face_mask(image.shape[:2], face.landmarks),
-                                                name=None if name == "<bytes>" else name, camera=camera)))
+            view = self.photo_view(image, face, camera, name=None if name == "<bytes>" else name)
+            view.group = i
+            out.append((image, face, view))
         return out
+
+    @property
+    def segmenter(self):
+        """The person segmenter (:class:`~fastavatar_engine.face.segment.PersonSegmenter`), created on first use."""
+        if getattr(self, "_segmenter", None) is None:
+            from .face.segment import PersonSegmenter
+
+            self._segmenter = PersonSegmenter()
+        return self._segmenter
+
+    def photo_view(self, image: np.ndarray, face, camera, name: str | None = None) -> RefineView:
+        """What refinement fits of one photo when nothing but the photo is known
+        (:mod:`fastavatar_engine.photofit`): the person mask from segmentation with the body cut
+        where the template ends (the template's silhouette at ``camera``, below the chin), the
+        face's 478 landmarks as targets, at the estimated ``camera`` (a CameraEstimate)."""
+        from .photofit import product_masks
+
+        t = time.perf_counter()
+        person = self.segmenter.segment(image, face)
+        h, w = image.shape[:2]
+        s = min(1.0, 256 / max(h, w))
+        w1, h1 = max(8, round(w * s)), max(8, round(h * s))
+        d = self.model.decoder
+        template = GaussianTensors(d.base_means, d.base_scales, d.base_rotations, d.base_opacity,
+                                   torch.cat([d.base_sh0, d.base_shN], 1))
+        with torch.no_grad():
+            _, alpha = render(template, camera.c2w, scale_intrinsics(camera.K, w1 / w, h1 / h), w1, h1)
+        import cv2
+
+        alpha = cv2.resize(alpha.cpu().numpy().astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        fg, ignore = product_masks(person, face.landmarks, alpha)
+        view = RefineView(image, camera.c2w, camera.K, fg, mask_is_foreground=True, name=name or "", camera=camera,
+                          ignore=ignore, landmarks=np.asarray(face.landmarks, np.float64))
+        self.last_view_ms = 1e3 * (time.perf_counter() - t)
+        return view
 
     def _detect(self, photo, face_index):
         """(image [H,W,3] uint8, name, face, timings ms) for ``photo``; raises like :meth:`generate`."""
@@ -259,48 +328,85 @@ class AvatarGenerator:
                ssim_weight: float = 0.2, c2w=None, K=None, mask=None, mode: str = "auto",
                lr_heads: float = 3e-4, mask_is_foreground: bool = False, active_refresh: int = 50,
                min_weight_px: float = 0.01, geometry_anchor: float = 0.0, precision: str = "auto",
-               views: list | None = None, preview_every: int = 0, preview=None) -> Avatar:
+               views: list | None = None, preview_every: int = 0, preview=None,
+               symmetry: bool = True, mirror_weight: float | None = None, silhouette_weight: float = 0.3,
+               landmark_weight: float = 1.0, prior_weight: float = 0.1, prior_samples: int = 1024,
+               camera: bool | None = None, camera_warmup: int | None = None, lr_camera: float = 1e-3,
+               detail_steps: int = 0, lr_detail_color: float = 1e-2, lr_detail_means: float = 1e-4,
+               detail_reg: float = 0.1) -> Avatar:
         """Optimise the avatar against ``image`` ([H,W,3] uint8 RGB); updates and returns ``avatar``.
 
-        ``mode``: ``"full"`` (= ``"auto"``) is the paper's refinement, the code and all decoder
-        weights jointly (``lr_code``, ``lr_decoder``, ``code_reg`` pulling w towards the
-        feed-forward code); ``"heads"`` computes the shared body once, keeps the geometry at the
-        feed-forward prediction and fine-tunes only the colour and opacity heads' output layers
-        (``lr_heads``), so a step costs about one render.
+        **What is fitted.** By default (no ``views``, ``c2w``, ``K`` or ``mask``) the product path of
+        :mod:`fastavatar_engine.photofit`: the photo at its estimated camera, composited on white
+        inside its person mask (segmentation, body cut where the template ends), with the
+        landmarks as targets; a multi-photo avatar fits each of its :attr:`Avatar.views`.
+        ``c2w`` (4x4 OpenGL, head frame, metres), ``K`` (3x3, pixels of ``image``) and ``mask``
+        ([H,W] in [0,1]) override camera and mask (an explicit ``mask`` is a foreground mask with
+        ``mask_is_foreground``, else a region outside of which the loss ignores everything);
+        ``views`` ([RefineView]) replaces all of it (e.g. calibrated views for the oracle
+        evaluation).
 
-        The photo is box-resampled so its longer side is ``refine_size`` pixels; the loss is
-        (1 - ``ssim_weight``) L1 + ``ssim_weight`` (1 - SSIM). ``c2w`` (4x4 OpenGL, head frame,
-        metres) and ``K`` (3x3, pixels of ``image``) override the estimated camera; ``mask``
-        ([H,W] in [0,1]) overrides the face hull. With ``mask_is_foreground`` the mask is a full
-        foreground mask and everything outside it is fitted to the white background; otherwise
-        the loss ignores what lies outside the mask.
+        **Loss** per view, weighted by :attr:`RefineView.weight`: (1 - ``ssim_weight``) L1 +
+        ``ssim_weight`` (1 - SSIM) against the photo composited on white inside the foreground
+        mask, ignored pixels (:attr:`RefineView.ignore`) left out; ``silhouette_weight`` x
+        mean |rendered alpha - mask| (foreground views); ``landmark_weight`` x mean distance,
+        in units of the image's longer side, between the visible landmarks and the projections
+        of their corresponding Gaussians (:class:`photofit.LandmarkCorrespondence`; views with
+        :attr:`RefineView.landmarks`). ``symmetry`` adds, for every photo view that has
+        landmarks, its mirrored view (:meth:`RefineView.flipped`, weight ``mirror_weight``,
+        default :data:`photofit.MIRROR_WEIGHT`), fitted in the same step as the photo.
+        ``prior_weight`` (full mode) pulls Gaussians that no view sees (no compositing weight)
+        towards the feed-forward avatar: each step ``prior_samples`` of them are decoded and
+        their squared drift (means in cm, log-scales, opacity logits, SH DC) penalised, so what
+        the photo cannot constrain stays plausible. Plus, in full mode, ``code_reg`` x |w - w0|^2
+        and ``geometry_anchor`` (below).
+
+        **Camera.** With ``camera`` (default: on for estimated cameras, i.e. views that carry
+        landmarks; off for calibrated ones) each photo's camera is refined too: a rotation
+        (axis-angle, camera frame), a translation (metres) and a log focal-length correction per
+        photo (its mirrored view follows, mirrored), learning rate ``lr_camera``. The first
+        ``camera_warmup`` steps (default min(30, steps // 5)) move only the cameras, aligning the
+        feed-forward avatar to the photo before its shape changes, so the rigid misfit of the PnP
+        camera is absorbed by the camera and not bent into the head. The refined camera replaces
+        :attr:`Avatar.camera`'s ``c2w`` / ``K`` (and each view's) at the end.
+
+        **Detail.** The last ``detail_steps`` of the ``steps`` (full mode) fit the Gaussians
+        themselves, as 3DGS does: starting from the decoder's avatar, each Gaussian's SH DC colour
+        (learning rate ``lr_detail_color``), mean (``lr_detail_means``, metres), log-scales and
+        opacity logit move directly under the same loss, plus ``detail_reg`` x their squared drift
+        (means in cm); rotations, higher SH bands, the code and the cameras stay. A Gaussian no
+        view sees gets no gradient and keeps the decoder's value. The avatar's code stays the
+        decoder stage's; what the detail stage adds is a per-Gaussian residual on top of
+        ``decode(code)`` (what Blender keeps as ``fa_res_*``).
+
+        ``mode``: ``"full"`` (= ``"auto"``) is the paper's refinement, the code and all decoder
+        weights jointly (``lr_code``, ``lr_decoder``); ``"heads"`` computes the shared body once,
+        keeps the geometry at the feed-forward prediction and fine-tunes only the colour and
+        opacity heads' output layers (``lr_heads``), so a step costs about one render per view.
+        Every image is box-resampled so its longer side is ``refine_size`` pixels.
 
         ``geometry_anchor`` (full mode) adds lambda * (mean squared drift of the active Gaussians'
-        means in mm + of their log-scales) from the feed-forward geometry. 0 (the paper's) is best
-        for a new face (leave-one-out, 100 steps: +1.7 dB on novel views; 0.01: +0.8 dB); on a face
-        the model already reproduces, single-view refinement with 0 bends the side views (-0.3 dB),
-        0.01 keeps them (+0.1 dB).
+        means in mm + of their log-scales) from the feed-forward geometry (0 = off).
 
-        In full mode each step decodes only the Gaussians whose total compositing weight in the
-        photo is at least ``min_weight_px`` pixels (:func:`contributing_gaussians`), refreshed
-        every ``active_refresh`` steps; the final avatar is a full decode.
+        In full mode each step decodes only the Gaussians whose total compositing weight in any
+        view is at least ``min_weight_px`` pixels (:func:`contributing_gaussians`), refreshed
+        every ``active_refresh`` steps, plus the landmark Gaussians and the prior's sample; the
+        final avatar is a full decode.
 
         ``precision`` (full mode): ``"bf16"`` runs the decoder MLP's matrix products under bfloat16
         autocast during the steps (the residuals, the Gaussians, the render, the loss and the
         optimiser stay float32), ``"fp32"`` does not; ``"auto"`` picks bf16 on a CPU with native
-        bfloat16 instructions (AVX512-BF16/AMX: ~3x faster products; on the 2-core EPYC 300 steps
-        take 61 s in fp32) and fp32 elsewhere. The final avatar is always a float32 decode.
+        bfloat16 instructions (AVX512-BF16/AMX) and fp32 elsewhere. The final avatar is always a
+        float32 decode.
 
-        Several photos: ``views`` ([RefineView]; default :attr:`Avatar.views` of a multi-photo
-        avatar when no explicit camera/mask is given) replaces ``image``/``c2w``/``K``/``mask``; each
-        step fits one view in turn and the decoded subset is the union of the Gaussians that
-        contribute to any view.
+        Several photo groups (a multi-photo avatar): one group per step, in turn.
 
         ``progress(step, steps, loss)`` is called every step; returning False cancels and leaves
         the avatar unchanged. ``preview(gaussians)`` (a GaussianSet, full decode) is called every
-        ``preview_every`` steps (0: never) for live display. Raises ``ValueError`` for an unknown mode, precision or a missing
-        camera/mask.
+        ``preview_every`` steps (0: never) for live display. Raises ``ValueError`` for an unknown
+        mode, precision or a missing camera/mask.
         """
+        from .photofit import LandmarkCorrespondence
         from .train.losses import l1, ssim
 
         if mode == "auto":
@@ -313,16 +419,41 @@ class AvatarGenerator:
             precision = "bf16" if self.device.type == "cpu" and _cpu_has_bf16() else "fp32"
         if steps <= 0:
             return avatar
+        explicit = c2w is not None or K is not None or mask is not None
+        if views is None and avatar.views and not explicit:
+            views = avatar.views
         if views is None:
-            views = avatar.views if (avatar.views and c2w is None and K is None and mask is None) else None
-        if views is None:
-            if (avatar.face is None and mask is None) or (avatar.camera is None and (c2w is None or K is None)):
-                raise ValueError("refinement needs the avatar's face landmarks and camera (or explicit ones)")
-            views = [RefineView(np.asarray(image), avatar.camera.c2w if c2w is None else np.asarray(c2w, np.float64),
-                                avatar.camera.K if K is None else np.asarray(K, np.float64),
-                                face_mask(image.shape[:2], avatar.face.landmarks) if mask is None
-                                else np.asarray(mask, np.float32), mask_is_foreground)]
+            if avatar.camera is None and (c2w is None or K is None):
+                raise ValueError("refinement needs the avatar's camera (or an explicit c2w and K)")
+            if not explicit:
+                if avatar.face is None:
+                    raise ValueError("refinement needs the avatar's face landmarks (or an explicit mask)")
+                views = [self.photo_view(np.asarray(image), avatar.face, avatar.camera, avatar.photo)]
+            else:
+                if mask is None and avatar.face is None:
+                    raise ValueError("refinement needs the avatar's face landmarks (or an explicit mask)")
+                views = [RefineView(np.asarray(image), avatar.camera.c2w if c2w is None else np.asarray(c2w, np.float64),
+                                    avatar.camera.K if K is None else np.asarray(K, np.float64),
+                                    face_mask(image.shape[:2], avatar.face.landmarks) if mask is None
+                                    else np.asarray(mask, np.float32), mask_is_foreground)]
+        views = list(views)
+        if symmetry:
+            views += [v.flipped(mirror_weight) for v in views if v.landmarks is not None and not v.mirrored]
+        groups: dict = {}
+        for i, v in enumerate(views):
+            groups.setdefault(i if v.group is None else ("g", v.group), []).append(i)
+        groups = list(groups.values())
         targets = [self._refine_target(v, refine_size) for v in views]
+        if camera is None:
+            camera = any(v.landmarks is not None for v in views)
+        if camera_warmup is None:
+            camera_warmup = min(30, steps // 5) if camera else 0
+        # one camera correction per group: [rotation (3, axis-angle), translation (3, m), log focal (1)]
+        cam_params = torch.zeros(len(groups), 7, device=self.device, requires_grad=bool(camera))
+        for gi, members in enumerate(groups):
+            for ti in members:
+                targets[ti]["cam_group"] = gi
+        cam_opt = torch.optim.Adam([cam_params], lr=lr_camera) if camera else None
         decoder = copy.deepcopy(self.model.decoder).to(self.device).train()
         w0_code = torch.as_tensor(avatar.code, device=self.device)
         code = torch.nn.Parameter(w0_code.clone())
@@ -350,43 +481,147 @@ class AvatarGenerator:
 
             def current(index=None):
                 raw = dict(fixed) | {name: lasts[name](feats[name]) for name in APPEARANCE_HEADS}
-                return decoder.apply_residuals(decoder.residuals_from_raw(raw))
+                g = decoder.apply_residuals(decoder.residuals_from_raw(raw))
+                return g if index is None else _select(g, index)
         bg = torch.ones(3, device=self.device)
-        if mode == "full" and geometry_anchor > 0:
-            with torch.no_grad():
-                ff = current()
-                anchor_means, anchor_scales = ff.means.clone(), ff.log_scales.clone()
+        with torch.no_grad():
+            ff = current()
+        K_total = ff.means.shape[0]
+        anchor_means, anchor_scales = ff.means.clone(), ff.log_scales.clone()
+        ff_prior = torch.cat([ff.means * 100.0, ff.log_scales, ff.opacity_logits[:, None], ff.sh[:, 0]], 1)
+        # landmark correspondences (built once from the feed-forward means), per target
+        lmk = {}
+        for t in targets:
+            if t["landmarks"] is not None and landmark_weight > 0:
+                key = t["mirrored"]
+                if key not in lmk:
+                    lmk[key] = LandmarkCorrespondence.build(ff.means.detach().cpu().numpy(), mirrored=key)
+                corr = lmk[key]
+                vis = np.nonzero(corr.visible(t["c2w"]))[0]
+                t["lmk_index"] = torch.as_tensor(corr.index[vis], device=self.device)
+                t["lmk_offset"] = torch.as_tensor(corr.offset[vis], device=self.device)
+                t["lmk_uv"] = t["landmarks"][torch.as_tensor(vis, device=self.device)]
+        lmk_ids = torch.unique(torch.cat([t["lmk_index"] for t in targets if "lmk_index" in t])) if any(
+            "lmk_index" in t for t in targets) else torch.zeros(0, dtype=torch.long, device=self.device)
+        gen = torch.Generator(device="cpu").manual_seed(0)
         losses = []
         active = None  # full mode: the Gaussians decoded per step
+        unseen = torch.zeros(0, dtype=torch.long, device=self.device)
+        detail_steps = max(0, min(int(detail_steps), steps - camera_warmup)) if mode == "full" else 0
+        detail = None  # the per-Gaussian stage's leaf tensors
+
+        def group_loss(g_now, pos, step):
+            """Summed loss of the step's photo group (photo + mirror) for Gaussians ``g_now``;
+            ``pos`` maps Gaussian ids to rows of ``g_now`` (None: all, in order)."""
+            loss = torch.zeros((), device=self.device)
+            for ti in groups[step % len(groups)]:
+                view = targets[ti]
+                target, m, m3 = view["image"], view["mask"], view["mask"][..., None]
+                c2w_t, K_t = _corrected_camera(view, cam_params[view["cam_group"]]) if camera else (view["c2w"], view["K"])
+                rgb, alpha = render(g_now, c2w_t, K_t, view["w"], view["h"], bg)
+                valid = view["valid"]
+                if view["foreground"]:  # outside the foreground is background: white, like the renders
+                    tgt = target * m3 + bg * (1 - m3)
+                    if valid is not None:
+                        tgt = tgt * valid[..., None] + rgb.detach() * (1 - valid[..., None])
+                    li = (1 - ssim_weight) * l1(rgb, tgt, valid) + ssim_weight * (1 - ssim(rgb, tgt))
+                    if silhouette_weight > 0:
+                        d = (alpha - m).abs()
+                        li = li + silhouette_weight * (d.mean() if valid is None else (d * valid).sum() / valid.sum().clamp_min(1))
+                else:  # outside the region the target is the render itself: no loss there
+                    tgt = target * m3 + rgb.detach() * (1 - m3)
+                    li = (1 - ssim_weight) * l1(rgb, target, m) + ssim_weight * (1 - ssim(rgb, tgt))
+                if "lmk_index" in view and len(view["lmk_index"]):
+                    ids = view["lmk_index"] if pos is None else pos[view["lmk_index"]]
+                    if camera:
+                        uv = _project(g_now.means[ids] + view["lmk_offset"], _viewmat(c2w_t, torch.float32, self.device), K_t)
+                    else:
+                        uv = _project(g_now.means[ids] + view["lmk_offset"], view["viewmat"], view["K_t"])
+                    err = (uv - view["lmk_uv"]).norm(dim=-1) / max(view["w"], view["h"])
+                    li = li + landmark_weight * err.mean()
+                loss = loss + view["weight"] * li
+            return loss
+
         t0 = time.perf_counter()
         for step in range(steps):
+            if step >= steps - detail_steps:  # per-Gaussian detail: the decoder's result, fitted directly
+                if detail is None:
+                    with torch.no_grad():
+                        g0 = current()
+                    detail = {k: getattr(g0, k).detach().clone().requires_grad_(True)
+                              for k in ("means", "log_scales", "opacity_logits")}
+                    detail["dc"] = g0.sh[:, :1].detach().clone().requires_grad_(True)
+                    rest, rots = g0.sh[:, 1:].detach(), g0.rotations.detach()
+                    opt = torch.optim.Adam([
+                        {"params": [detail["means"]], "lr": lr_detail_means},
+                        {"params": [detail["log_scales"]], "lr": 5e-3},
+                        {"params": [detail["opacity_logits"]], "lr": 2.5e-2},
+                        {"params": [detail["dc"]], "lr": lr_detail_color}])
+                    anchor_detail = {k: v.detach().clone() for k, v in detail.items()}
+                g_now = GaussianTensors(detail["means"], detail["log_scales"], rots, detail["opacity_logits"],
+                                        torch.cat([detail["dc"], rest], 1))
+                loss = group_loss(g_now, None, step)
+                # stay near the decoder's avatar: drift of means in cm, log-scales, opacity logits
+                loss = loss + detail_reg * ((((detail["means"] - anchor_detail["means"]) * 100) ** 2).sum(-1).mean()
+                                            + ((detail["log_scales"] - anchor_detail["log_scales"]) ** 2).sum(-1).mean()
+                                            + ((detail["opacity_logits"] - anchor_detail["opacity_logits"]) ** 2).mean())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                if progress is not None and progress(step + 1, steps, losses[-1]) is False:
+                    return avatar  # cancelled: unchanged
+                continue
             if mode == "full" and step % active_refresh == 0:
                 with torch.no_grad():
                     probe = current()
-                active = torch.unique(torch.cat([
+                seen = torch.unique(torch.cat([
                     contributing_gaussians(probe, t["c2w"], t["K"], t["w"], t["h"], min_weight_px)
                     for t in targets]))
-            view = targets[step % len(targets)]  # several photos: one per step, in turn
-            target, mask, m3 = view["image"], view["mask"], view["mask"][..., None]
-            g_now = current(active)
-            rgb, _ = render(g_now, view["c2w"], view["K"], view["w"], view["h"], bg)
-            if view["foreground"]:  # outside the foreground is background: white, like the renders
-                tgt = target * m3 + bg * (1 - m3)
-                loss = (1 - ssim_weight) * l1(rgb, tgt) + ssim_weight * (1 - ssim(rgb, tgt))
-            else:  # outside the face the target is the render itself: no loss there
-                tgt = target * m3 + rgb.detach() * (1 - m3)
-                loss = (1 - ssim_weight) * l1(rgb, target, mask) + ssim_weight * (1 - ssim(rgb, tgt))
-            if mode == "full":
+                active = torch.unique(torch.cat([seen, lmk_ids.to(seen.device)]))
+                keep = torch.ones(K_total, dtype=torch.bool, device=self.device)
+                keep[active] = False
+                unseen = torch.nonzero(keep).squeeze(1)
+            index = active
+            n_prior = 0
+            warm = step < camera_warmup
+            if mode == "full" and prior_weight > 0 and len(unseen) > 0 and not warm:
+                pick = unseen[torch.randperm(len(unseen), generator=gen)[:prior_samples].to(self.device)]
+                n_prior = len(pick)
+                index = torch.cat([active, pick])
+            n_act = K_total if index is None else len(active)
+            if warm:  # cameras only: the avatar stays at its feed-forward state
+                g_all = g_now = ff if index is None else _select(ff, active)
+            else:
+                g_all = current(index)
+                g_now = _select(g_all, slice(0, n_act)) if n_prior else g_all
+            # position of each Gaussian id inside g_now, for the landmark lookups
+            if index is None:
+                pos = None
+            else:
+                pos = torch.full((K_total,), -1, dtype=torch.long, device=self.device)
+                pos[active] = torch.arange(len(active), device=self.device)
+            loss = group_loss(g_now, pos, step)
+            if mode == "full" and not warm:
                 loss = loss + code_reg * ((code - w0_code) ** 2).sum()
                 if geometry_anchor > 0:  # keep the geometry near the feed-forward one (drift in mm)
                     idx = slice(None) if active is None else active
                     loss = loss + geometry_anchor * (
                         (((g_now.means - anchor_means[idx]) * 1e3) ** 2).sum(-1).mean()
                         + ((g_now.log_scales - anchor_scales[idx]) ** 2).sum(-1).mean())
+                if n_prior:
+                    gp = _select(g_all, slice(n_act, n_act + n_prior))
+                    cur = torch.cat([gp.means * 100.0, gp.log_scales, gp.opacity_logits[:, None], gp.sh[:, 0]], 1)
+                    loss = loss + prior_weight * ((cur - ff_prior[pick]) ** 2).sum(-1).mean()
 
             opt.zero_grad(set_to_none=True)
+            if cam_opt is not None:
+                cam_opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            if not warm:
+                opt.step()
+            if cam_opt is not None:
+                cam_opt.step()
             losses.append(float(loss.detach()))
             if progress is not None and progress(step + 1, steps, losses[-1]) is False:
                 return avatar  # cancelled: unchanged
@@ -394,7 +629,13 @@ class AvatarGenerator:
                 with torch.no_grad():
                     preview(current().to_numpy())
         with torch.no_grad():
-            avatar.gaussians = current().to_numpy()
+            if detail is not None:
+                avatar.gaussians = GaussianTensors(detail["means"], detail["log_scales"], rots, detail["opacity_logits"],
+                                                   torch.cat([detail["dc"], rest], 1)).to_numpy()
+            else:
+                avatar.gaussians = current().to_numpy()
+        if camera:
+            _store_refined_cameras(avatar, views, targets, cam_params.detach())
         avatar.code = code.detach().cpu().numpy().astype(np.float32)
         avatar.refine_mode = mode
         avatar.refined_steps += steps
@@ -404,19 +645,101 @@ class AvatarGenerator:
 
     def _refine_target(self, view: RefineView, refine_size: int) -> dict:
         """The view resampled for refinement: longer side ``refine_size`` px, tensors on the device."""
+        from .cameras import viewmat_from_c2w
+
         image = np.asarray(view.image)
         h0, w0 = image.shape[:2]
         s = refine_size / max(h0, w0)
         w1, h1 = max(8, round(w0 * s)), max(8, round(h0 * s))
-        mask = np.asarray(view.mask, np.float32)
-        if mask.shape != (h0, w0):
-            raise ValueError(f"refinement mask {list(mask.shape)} does not match the photo {[h0, w0]}")
+
+        def area(m, what):
+            m = np.asarray(m, np.float32)
+            if m.shape != (h0, w0):
+                raise ValueError(f"refinement {what} {list(m.shape)} does not match the photo {[h0, w0]}")
+            return torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(m)).to(self.device)[None, None],
+                                                   size=(h1, w1), mode="area")[0, 0]
+
+        K1 = scale_intrinsics(view.K, w1 / w0, h1 / h0)
+        lm = None
+        if view.landmarks is not None:
+            lm = np.asarray(view.landmarks, np.float64)
+            if lm.ndim != 2 or lm.shape[1] != 2 or not np.isfinite(lm).all():
+                raise ValueError(f"refinement landmarks must be finite [N,2] pixels, got {lm.shape}")
+            lm = torch.as_tensor(lm * np.array([w1 / w0, h1 / h0]), dtype=torch.float32, device=self.device)
         return {
             "image": torch.from_numpy(resample(image, (w1, h1)).astype(np.float32) / 255.0).to(self.device),
-            "mask": torch.nn.functional.interpolate(torch.from_numpy(mask).to(self.device)[None, None],
-                                                    size=(h1, w1), mode="area")[0, 0],
-            "K": scale_intrinsics(view.K, w1 / w0, h1 / h0), "c2w": np.asarray(view.c2w, np.float64),
+            "mask": area(view.mask, "mask"),
+            "valid": None if view.ignore is None else 1.0 - (area(view.ignore, "ignore mask") > 0.5).float(),
+            "K": K1, "c2w": np.asarray(view.c2w, np.float64),
+            "K_t": torch.as_tensor(K1, dtype=torch.float32, device=self.device),
+            "viewmat": torch.as_tensor(viewmat_from_c2w(view.c2w), dtype=torch.float32, device=self.device),
+            "landmarks": lm, "mirrored": bool(view.mirrored), "weight": float(view.weight),
             "w": w1, "h": h1, "foreground": bool(view.mask_is_foreground)}
+
+
+_S4 = np.diag([-1.0, 1.0, 1.0, 1.0])
+
+
+def _camera_delta(p: torch.Tensor) -> torch.Tensor:
+    """4x4 rigid correction (camera frame) from [rotation axis-angle (3), translation m (3), ...]."""
+    w = p[:3]
+    theta = w.norm().clamp_min(1e-12)
+    k = w / theta
+    Kx = torch.zeros(3, 3, dtype=p.dtype, device=p.device)
+    Kx[0, 1], Kx[0, 2], Kx[1, 0], Kx[1, 2], Kx[2, 0], Kx[2, 1] = -k[2], k[1], k[2], -k[0], -k[1], k[0]
+    R = torch.eye(3, dtype=p.dtype, device=p.device) + torch.sin(theta) * Kx + (1 - torch.cos(theta)) * (Kx @ Kx)
+    top = torch.cat([R, p[3:6, None]], 1)
+    return torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=p.dtype, device=p.device)], 0)
+
+
+def _corrected_camera(view: dict, p: torch.Tensor, as_numpy: bool = False):
+    """(c2w [4,4], K [3,3]) of a refinement target with the correction ``p`` [7] of its photo
+    (a mirrored view gets the mirrored correction ``S delta S``); torch tensors on p's device."""
+    delta = _camera_delta(p)
+    if view["mirrored"]:
+        S = torch.as_tensor(_S4, dtype=p.dtype, device=p.device)
+        delta = S @ delta @ S
+    c2w = torch.as_tensor(view["c2w"], dtype=p.dtype, device=p.device) @ delta
+    K = torch.as_tensor(view["K"], dtype=p.dtype, device=p.device).clone()
+    f = torch.exp(p[6])
+    K = torch.stack([K[0] * torch.stack([f, f, torch.ones_like(f)]), K[1] * torch.stack([f, f, torch.ones_like(f)]), K[2]])
+    if as_numpy:
+        return c2w.detach().cpu().double().numpy(), K.detach().cpu().double().numpy()
+    return c2w, K
+
+
+def _store_refined_cameras(avatar: Avatar, views: list, targets: list, cam_params: torch.Tensor) -> None:
+    """Write the refined cameras back: each non-mirrored view's ``c2w`` / ``K`` (pixels of its
+    own photo) and the avatar's camera (the first photo's), keeping the CameraEstimate type."""
+    import dataclasses
+
+    from .face.pose import camera_angles
+
+    for i, (v, t) in enumerate(zip(views, targets)):
+        if v.mirrored:
+            continue
+        c2w, _ = _corrected_camera(t, cam_params[t["cam_group"]], as_numpy=True)
+        K = np.array(v.K, np.float64, copy=True)
+        K[:2, :2] *= float(torch.exp(cam_params[t["cam_group"], 6]))
+        v.c2w, v.K = c2w, K
+        if v.camera is not None:
+            yaw, pitch, roll = camera_angles(c2w)
+            v.camera = dataclasses.replace(v.camera, c2w=c2w, K=K, yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll,
+                                           focal_source=f"{v.camera.focal_source}+refined")
+        if i == 0 and avatar.camera is not None:
+            avatar.camera = v.camera if v.camera is not None else dataclasses.replace(avatar.camera, c2w=c2w, K=K)
+
+
+def _select(g: GaussianTensors, index) -> GaussianTensors:
+    """The Gaussians ``index`` (int64 tensor or slice) of ``g``."""
+    return GaussianTensors(g.means[index], g.log_scales[index], g.rotations[index], g.opacity_logits[index], g.sh[index])
+
+
+def _project(points: torch.Tensor, viewmat: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """[N,2] pixels (continuous) of [N,3] head-frame points; ``viewmat``: OpenCV world-to-camera 4x4."""
+    pc = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = pc[:, 2:3].clamp_min(1e-6)
+    return torch.cat([K[0, 0] * pc[:, :1] / z + K[0, 2], K[1, 1] * pc[:, 1:2] / z + K[1, 2]], 1)
 
 
 def _cpu_has_bf16() -> bool:

@@ -25,7 +25,8 @@ Message types (``PROTOCOL_VERSION`` 1; requests carry ``id``; every request ends
 * ``hello`` -> result ``{protocol, engine_version, device, model: {model_id, code_dim,
   num_gaussians, embedder}, pid}``
 * ``generate`` ``{image_path | arrays.pixels [H,W,3] uint8 | image_paths [paths], face_index?,
-  refine_steps?}`` -> result with the Gaussian arrays (:data:`GAUSSIAN_ARRAYS`), ``code`` [D]
+  refine_steps?}`` (absent or null: the default likeness fit, ``generate.DEFAULT_FIT_STEPS``
+  steps with ``progress`` events; 0: feed-forward only) -> result with the Gaussian arrays (:data:`GAUSSIAN_ARRAYS`), ``code`` [D]
   float32, ``camera`` (c2w, K), ``model_id``, ``photos``; refined results add
   ``arrays.base_packed`` [N,59] (the plain decode of the refined code, packed layout of
   :data:`fastavatar_engine.gaussians.PACKED_COLUMNS`)

@@ -167,7 +167,10 @@ class Engine:
     def generate(self, header, arrays, emit, cancelled):
         t = time.perf_counter()
         photos = self._photos(header, arrays)
-        steps = _int(header, "refine_steps", 0, 0, MAX_REFINE_STEPS)
+        from .generate import DEFAULT_FIT_STEPS
+
+        # no refine_steps: the default likeness fit (generate.DEFAULT_FIT_STEPS); 0: feed-forward only
+        steps = _int(header, "refine_steps", DEFAULT_FIT_STEPS, 0, MAX_REFINE_STEPS)
         progress, was_cancelled = self._progress(header, emit, cancelled)
         kwargs = dict(face_index=self._face_index(header), refine_steps=steps, progress=progress,
                       mode=self._mode(header), **self._preview(header, emit))
@@ -331,7 +334,8 @@ def _packed_torch(g):
 
 
 def _int(header, key, default, lo, hi) -> int:
-    v = header.get(key, default)
+    v = header.get(key)
+    v = default if v is None else v
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
         raise RequestError("bad_request", f"'{key}' must be an integer in [{lo}, {hi}], got {v!r}")
     return v

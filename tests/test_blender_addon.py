@@ -94,6 +94,55 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(generated, photos):
 
 
 
+def _read_dump(npz) -> "GaussianSet":
+    from fastavatar_engine.gaussians import GaussianSet
+
+    d = np.load(npz)
+    n = len(d["co"])
+    rest = np.stack([d[f"f_rest_{i}"] for i in range(45)], 1).reshape(n, 3, 15).transpose(0, 2, 1)
+    sh = np.concatenate([np.stack([d[f"f_dc_{c}"] for c in range(3)], 1)[:, None], rest], 1)
+    return GaussianSet(d["co"], np.stack([d[f"scale_{i}"] for i in range(3)], 1),
+                       np.stack([d[f"rot_{i}"] for i in range(4)], 1), d["opacity"], sh)
+
+
+def test_generate_avatar_fits_the_photo_by_default(generated, photos):
+    """Generate Avatar as a user runs it (the default likeness fit) lands closer to the photo than
+    the bare feed-forward avatar, each rendered at its own camera, inside the face."""
+    import torch
+
+    from fastavatar_engine.face import FaceFrontEnd
+    from fastavatar_engine.generate import DEFAULT_FIT_STEPS, face_mask
+    from fastavatar_engine.images import load_image
+    from fastavatar_engine.render import render
+
+    out, r = generated
+    assert r["fit_op"] == [["FINISHED"], ""]
+    assert r["fit_default"] == DEFAULT_FIT_STEPS  # the add-on's default is the engine's
+    fit = r["fit_object"]
+    assert fit["refined_steps"] == DEFAULT_FIT_STEPS and fit["residual"] and fit["vertices"] == 10144
+    photo = load_image(photos / "astronaut.png")
+    with FaceFrontEnd() as fe:
+        face = fe.detect_one(photo)
+    mask = torch.from_numpy(face_mask(photo.shape[:2], face.landmarks))
+    target = torch.from_numpy(photo.astype(np.float32) / 255)
+    with open(out / "result.json") as fh:
+        ff_cam = json.load(fh)["object"]
+    errors = {}
+    for tag, cam in (("generated", None), ("fitted", fit["camera"])):
+        g = _read_dump(out / f"{tag}.npz")
+        if cam is None:  # the feed-forward avatar: the photo's PnP camera, as the engine estimates it
+            from fastavatar_engine.face import estimate_camera
+
+            est = estimate_camera(face)
+            c2w, K = est.c2w, est.K
+        else:
+            c2w, K = np.array(cam["c2w_opengl"]), np.array(cam["K"])
+        rgb, _ = render(g.to_torch(), c2w, K, photo.shape[1], photo.shape[0])
+        errors[tag] = float(((rgb - target).abs().mean(-1) * mask).sum() / mask.sum())
+    assert errors["fitted"] < 0.8 * errors["generated"], errors
+    assert ff_cam["name"] != fit["name"]
+
+
 def test_faults_leave_the_scene_untouched_with_clear_messages(generated):
     _, r = generated
     assert r["no_face_op"][0] == ["CANCELLED"] and "No face found" in r["no_face_status"] and r["objects_unchanged"]

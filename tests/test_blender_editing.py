@@ -140,7 +140,7 @@ def test_batch_renders_an_animation_of_a_latent_edit(edited, astronaut_png):
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, str(root / "blender_addon" / "batch.py"), str(astronaut_png), str(out / "anim"),
-         "--name", "edit", "--refine", "2", "--blend-with", str(out / "hopper.jpg"), "--direction", f"{out / 'dirs' / 'planted.json'}=0.5",
+         "--name", "edit", "--fit", "2", "--refine", "2", "--blend-with", str(out / "hopper.jpg"), "--direction", f"{out / 'dirs' / 'planted.json'}=0.5",
          "--animate", "mix:0:1", "--frames", "3", "--render", "--resolution", "64", "--samples", "2"],
         capture_output=True, text=True, timeout=600, cwd=out)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -138,10 +138,12 @@ def test_generate_errors_are_clear(generator, astronaut, tmp_path, capsys):
 def test_short_evaluation_run_on_a_sample_subject(tmp_path, capsys):
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--data", str(SAMPLES), "--subject", "306", "--input-view", "8", "--refine", "3",
-                 "--image-scale", "0.25", "--json", str(out)]) == 0
+                 "--image-scale", "0.25", "--oracle", "--refine-option", "prior_samples=64",
+                 "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["evaluated_cameras"] == [c for c in range(16) if c != 8]
-    for mode in ("feed_forward", "refined"):
+    assert result["refined_options"] == {"prior_samples": 64}
+    for mode in ("feed_forward", "refined", "oracle_refined"):
         mean = result[mode]["mean"]
         for key in ("psnr", "psnr_masked", "ssim", "ssim_masked", "l1", "l1_masked"):
             assert np.isfinite(mean[key]), (mode, key)
@@ -150,7 +152,12 @@ def test_short_evaluation_run_on_a_sample_subject(tmp_path, capsys):
     assert result["feed_forward"]["mean"]["psnr"] > 15.0
     assert result["refined"]["loss_last"] <= result["refined"]["loss_first"]
     summary = json.loads(capsys.readouterr().out)
-    assert summary["subject"] == "306" and "refined" in summary
+    assert summary["subject"] == "306" and "refined" in summary and "oracle_refined" in summary
+    # the product path is not the oracle: the first refines at the estimated camera, the other at camera 8
+    assert result["refined"]["views"] != result["oracle_refined"]["views"]
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage error, exit status 2
+        main(["evaluate", "--data", str(SAMPLES), "--subject", "306", "--refine-option", "nonsense=1"])
+    assert exit_info.value.code == 2
 
 
 def test_several_photos_fuse_codes_and_refine_against_every_view(generator, astronaut, tmp_path, capsys):

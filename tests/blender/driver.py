@@ -35,10 +35,14 @@ def dump_object(obj, out: Path, tag: str) -> dict:
             "camera_json": bool(obj.fastavatar.camera_json)}
 
 
-def run_generate():
-    """Run the operator like a script would; (result set, error text reported by the operator)."""
+def run_generate(fit_steps: int = 0):
+    """Run the operator like a script would; (result set, error text reported by the operator).
+    ``fit_steps``: the likeness fit (0, the bare feed-forward avatar, unless a test is about the
+    fit; None: the add-on's default)."""
     import bpy
 
+    if fit_steps is not None:
+        bpy.context.scene.fastavatar.fit_steps = fit_steps
     try:
         return sorted(bpy.ops.fastavatar.generate()), ""
     except RuntimeError as e:  # bpy.ops raises when the operator reports an ERROR
@@ -330,6 +334,21 @@ def main():
             result["first_s"] = time.perf_counter() - t
             obj = bpy.context.active_object
             result["object"] = dump_object(obj, out, "generated")
+            # Generate Avatar as a user runs it: the default likeness fit against the photo
+            import blender_addon as _addon
+            from blender_addon import editing as _editing
+
+            t = time.perf_counter()
+            result["fit_op"] = run_generate(None)
+            result["fit_s"] = time.perf_counter() - t
+            fitted = bpy.context.active_object
+            result["fit_default"] = _addon.FIT_STEPS_DEFAULT
+            result["fit_object"] = dump_object(fitted, out, "fitted") | {
+                "refined_steps": fitted.fastavatar.refined_steps,
+                "residual": _editing.get_residual(fitted.data) is not None,
+                "camera": json.loads(fitted.fastavatar.camera_json)}
+            bpy.data.objects.remove(fitted)
+            bpy.context.view_layer.objects.active = obj
             # evaluated display: one instance per splat
             dg = bpy.context.evaluated_depsgraph_get()
             mats = [np.array(i.matrix_world) for i in dg.object_instances
