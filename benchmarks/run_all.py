@@ -96,6 +96,9 @@ def markdown(r: dict) -> str:
             f"{s['image_load']:.0f} / {s['detection']:.0f} / {s['embedding']:.0f} / {s['encode']:.1f} ms")
         row("decode 10,144 Gaussians", "≤ 0.3 ms (H100)", f"{s['decode']:.1f} ms ({g['device']})")
         row("photo → Gaussians", "≤ 300 ms CPU, ≤ 5 ms H100", f"**{s['photo_to_gaussians']:.0f} ms** ({g['device']})")
+        if "default_generate_with_fit" in s:
+            row("Generate with the likeness fit (photo file → fitted avatar)", "≤ 15 s CPU, ≤ 1 s GPU",
+                f"**{s['default_generate_with_fit'] / 1e3:.1f} s** ({g['device']})")
         steps = next(k for k in s if k.startswith("refine_") and k.endswith("_steps"))
         n = int(steps.split("_")[1])
         row(f"full refinement, {n} steps ({g.get('refine_precision', 'fp32')})",

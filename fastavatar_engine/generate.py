@@ -4,14 +4,18 @@ Feed-forward: photo -> face (MediaPipe) -> identity embedding (dlib or ArcFace) 
 code ``w`` -> decoder -> K Gaussians, in the FLAME head frame (y up, face towards +z, metres).
 The photo's camera comes from solvePnP against the landmark template, in the same frame.
 
-Refinement against the photo at the estimated camera, L1 + 0.2 (1 - SSIM) inside a face mask
-(the convex hull of the 468 mesh landmarks); the photo is resampled so its longer side is
-``refine_size`` pixels. Two modes: ``full`` (the default) is the paper's — ``w`` and all
-decoder weights jointly, with a small pull of ``w`` towards the feed-forward code; ``heads``
-computes the shared body once, keeps the geometry and fine-tunes only the colour and opacity
-heads' output layers, so a step costs about one render. On the sample data only ``full``
-improves novel views of an unseen subject (geometry has to move); ``heads`` is a fast
-appearance touch-up.
+Refinement (:meth:`AvatarGenerator.refine`) fits the avatar to what the photo alone gives
+(:mod:`fastavatar_engine.photofit`): the photo composited on white inside its person mask
+(segmentation, body cut where the template ends) plus a silhouette term, its mirrored view at the
+mirrored camera, its landmarks against the corresponding Gaussians, a prior on the Gaussians no
+view sees, and the photo's camera refined with it (camera-only warm-up first). The photo is
+resampled so its longer side is ``refine_size`` pixels. Two modes: ``full`` (the default) is the
+paper's — ``w`` and all decoder weights jointly, with a small pull of ``w`` towards the
+feed-forward code, ending with a per-Gaussian detail stage that starts from the photo's colours
+(appearance transfer, :func:`photo_colours`); ``heads`` computes the shared body once, keeps the
+geometry and fine-tunes only the colour and opacity heads' output layers, so a step costs about
+one render. :data:`DEFAULT_FIT_STEPS` of it is the *likeness fit* that ``fastavatar generate``
+and Blender's *Generate Avatar* run by default.
 
 Every avatar carries its code ``w``: :func:`save_avatar` writes the INRIA PLY and, beside it,
 ``<name>.fastavatar.json`` (code, model id, camera, source photo) so it can be edited later.
@@ -127,6 +131,25 @@ class RefineView:
                           not self.mirrored, MIRROR_WEIGHT if weight is None else float(weight), self.group)
 
 
+def photo_camera(face, photo=None):
+    """The photo's camera (CameraEstimate) from ``face``'s landmarks: PnP against the landmark
+    template, with the focal length from the photo's EXIF ``FocalLengthIn35mmFilm`` when
+    ``photo`` is a file path or bytes that carry it (:func:`images.exif_focal_px`;
+    ``focal_source`` 'exif'), else the default field of view ('default_fov')."""
+    import dataclasses
+
+    from .cameras import intrinsics as _intrinsics
+    from .face import estimate_camera
+    from .images import exif_focal_px
+
+    f = exif_focal_px(photo) if isinstance(photo, (str, os.PathLike, bytes, bytearray)) else None
+    if f is None:
+        return estimate_camera(face)
+    w, h = face.image_size
+    cam = estimate_camera(face, K=_intrinsics(f, f, 0.5 * w, 0.5 * h))
+    return dataclasses.replace(cam, focal_source="exif")
+
+
 def face_mask(shape_hw: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
     """[H,W] float32 mask: the convex hull of the 468 mesh landmarks (pixels, centres at +0.5)."""
     import cv2
@@ -185,10 +208,9 @@ class AvatarGenerator:
 
         ``face_index``: which face when there are several (default the largest).
         ``refine_steps`` > 0 runs :meth:`refine`. Raises ``ImageLoadError``, ``NoFaceError``,
-        ``FaceIndexError``, and ``ValueError`` for an array that is not [H,W,3] uint8.
+        ``FaceIndexError``, and ``ValueError`` for an array that is not [H,W,3] uint8. The camera:
+        :func:`photo_camera` (EXIF focal length for a file that carries one).
         """
-        from .face import estimate_camera
-
         image, name, face, timings = self._detect(photo, face_index)
         t = time.perf_counter()
         embedding = self.embedder.embed(image, face)
@@ -201,7 +223,7 @@ class AvatarGenerator:
             g = self.model.decode(w)
         timings["decode"] = 1e3 * (time.perf_counter() - t)
         t = time.perf_counter()
-        camera = estimate_camera(face)
+        camera = photo_camera(face, photo)
         timings["camera"] = 1e3 * (time.perf_counter() - t)
         avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), camera, face, self.model.model_id,
                         None if name == "<bytes>" else name, embedding, timings_ms=timings)
@@ -243,15 +265,13 @@ class AvatarGenerator:
         """[(image [H,W,3] uint8, face, RefineView)] for each of ``photos`` (at least one): the
         product-path view of each photo (:meth:`photo_view`). Raises like :meth:`generate`,
         naming the photo."""
-        from .face import estimate_camera
-
         photos = list(photos)
         if not photos:
             raise ValueError("several photos expected, got none")
         out = []
         for i, photo in enumerate(photos):
             image, name, face, _ = self._detect(photo, face_index)
-            camera = estimate_camera(face)
+            camera = photo_camera(face, photo)
             view = self.photo_view(image, face, camera, name=None if name == "<bytes>" else name)
             view.group = i
             out.append((image, face, view))
@@ -332,8 +352,8 @@ class AvatarGenerator:
                symmetry: bool = True, mirror_weight: float | None = None, silhouette_weight: float = 0.3,
                landmark_weight: float = 1.0, prior_weight: float = 0.1, prior_samples: int = 1024,
                camera: bool | None = None, camera_warmup: int | None = None, lr_camera: float = 1e-3,
-               detail_steps: int = 0, lr_detail_color: float = 1e-2, lr_detail_means: float = 1e-4,
-               detail_reg: float = 0.1) -> Avatar:
+               detail_steps: int | None = None, lr_detail_color: float = 1e-2, lr_detail_means: float = 1e-4,
+               detail_reg: float = 0.1, transfer: bool = True) -> Avatar:
         """Optimise the avatar against ``image`` ([H,W,3] uint8 RGB); updates and returns ``avatar``.
 
         **What is fitted.** By default (no ``views``, ``c2w``, ``K`` or ``mask``) the product path of
@@ -361,8 +381,9 @@ class AvatarGenerator:
         the photo cannot constrain stays plausible. Plus, in full mode, ``code_reg`` x |w - w0|^2
         and ``geometry_anchor`` (below).
 
-        **Camera.** With ``camera`` (default: on for estimated cameras, i.e. views that carry
-        landmarks; off for calibrated ones) each photo's camera is refined too: a rotation
+        **Camera.** With ``camera`` (default off: on the leave-one-subject-out model it cost 0.5 dB
+        on novel views, the feed-forward head of another person pulls the camera off; on a
+        training subject it gained 4 dB) each photo's camera is refined too: a rotation
         (axis-angle, camera frame), a translation (metres) and a log focal-length correction per
         photo (its mirrored view follows, mirrored), learning rate ``lr_camera``. The first
         ``camera_warmup`` steps (default min(30, steps // 5)) move only the cameras, aligning the
@@ -370,14 +391,17 @@ class AvatarGenerator:
         camera is absorbed by the camera and not bent into the head. The refined camera replaces
         :attr:`Avatar.camera`'s ``c2w`` / ``K`` (and each view's) at the end.
 
-        **Detail.** The last ``detail_steps`` of the ``steps`` (full mode) fit the Gaussians
+        **Detail.** The last ``detail_steps`` (default: a third) of the ``steps`` (full mode) fit the Gaussians
         themselves, as 3DGS does: starting from the decoder's avatar, each Gaussian's SH DC colour
         (learning rate ``lr_detail_color``), mean (``lr_detail_means``, metres), log-scales and
         opacity logit move directly under the same loss, plus ``detail_reg`` x their squared drift
         (means in cm); rotations, higher SH bands, the code and the cameras stay. A Gaussian no
         view sees gets no gradient and keeps the decoder's value. The avatar's code stays the
         decoder stage's; what the detail stage adds is a per-Gaussian residual on top of
-        ``decode(code)`` (what Blender keeps as ``fa_res_*``).
+        ``decode(code)`` (what Blender keeps as ``fa_res_*``). With ``transfer`` the stage starts
+        from an appearance transfer (:func:`photo_colours`): each Gaussian the photos see takes
+        the photos' colour along its rays (the mirrored view's for the far side) as its DC and
+        loses its higher SH bands in proportion to that evidence.
 
         ``mode``: ``"full"`` (= ``"auto"``) is the paper's refinement, the code and all decoder
         weights jointly (``lr_code``, ``lr_decoder``); ``"heads"`` computes the shared body once,
@@ -444,8 +468,8 @@ class AvatarGenerator:
             groups.setdefault(i if v.group is None else ("g", v.group), []).append(i)
         groups = list(groups.values())
         targets = [self._refine_target(v, refine_size) for v in views]
-        if camera is None:
-            camera = any(v.landmarks is not None for v in views)
+        if camera is None:  # measured: helps a face the model knows, hurts an unseen one (README)
+            camera = False
         if camera_warmup is None:
             camera_warmup = min(30, steps // 5) if camera else 0
         # one camera correction per group: [rotation (3, axis-angle), translation (3, m), log focal (1)]
@@ -507,6 +531,8 @@ class AvatarGenerator:
         losses = []
         active = None  # full mode: the Gaussians decoded per step
         unseen = torch.zeros(0, dtype=torch.long, device=self.device)
+        if detail_steps is None:
+            detail_steps = steps // 3
         detail_steps = max(0, min(int(detail_steps), steps - camera_warmup)) if mode == "full" else 0
         detail = None  # the per-Gaussian stage's leaf tensors
 
@@ -557,6 +583,21 @@ class AvatarGenerator:
                         {"params": [detail["log_scales"]], "lr": 5e-3},
                         {"params": [detail["opacity_logits"]], "lr": 2.5e-2},
                         {"params": [detail["dc"]], "lr": lr_detail_color}])
+                    if transfer:  # the photos' colours onto the Gaussians they see (and their mirrors)
+                        with torch.no_grad():
+                            cams = [(t, *_corrected_camera(t, cam_params[t["cam_group"]].detach(), as_numpy=True))
+                                    for t in targets] if camera else [(t, t["c2w"], t["K"]) for t in targets]
+                            fg_targets = [(t["image"] * t["mask"][..., None] + (1 - t["mask"][..., None]), c2w_, K_, t["weight"],
+                                           t["valid"]) for t, c2w_, K_ in cams if t["foreground"]]
+                        if fg_targets:
+                            col, evidence = photo_colours(g0, fg_targets)
+                            from .gaussians import SH_C0
+
+                            with torch.no_grad():
+                                seen_mask = evidence > 0.05
+                                detail["dc"][seen_mask, 0] = (col[seen_mask] - 0.5) / SH_C0
+                                rest = rest.clone()
+                                rest[seen_mask] *= (0.5 / (0.5 + evidence[seen_mask]))[:, None, None]
                     anchor_detail = {k: v.detach().clone() for k, v in detail.items()}
                 g_now = GaussianTensors(detail["means"], detail["log_scales"], rots, detail["opacity_logits"],
                                         torch.cat([detail["dc"], rest], 1))
@@ -766,6 +807,40 @@ def contributing_gaussians(g, c2w, K, width: int, height: int, min_weight_px: fl
     rgb[..., 0].sum().backward()
     weight = sh.grad[:, 0, 0] / SH_C0
     return torch.nonzero(weight >= min_weight_px).squeeze(1)
+
+
+def photo_colours(g, views: list, prior_px: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Appearance transfer: each Gaussian's colour as the photos see it.
+
+    ``g``: GaussianTensors; ``views``: [(image [H,W,3] float in [0,1], c2w, K, weight, valid [H,W]
+    or None)]. For Gaussian i and view v, compositing weights w_ip = alpha_i T_i at pixel p give
+    ``C_i = sum_v weight_v sum_p w_ip photo_p / (sum_v weight_v sum_p w_ip + prior_px)``, the
+    weighted mean photo colour over the pixels it covers, pulled towards its current colour by
+    ``prior_px`` pixels of evidence. Both sums are read off autograd in one render per view
+    (d(sum_p <photo_p, rgb_p>)/d(colour_i) and d(sum_p rgb_p)/d(colour_i), every colour pushed
+    above the clamp at 0 as in :func:`contributing_gaussians`). Returns (colour [N,3] in [0,1],
+    evidence [N] in pixels): the colour a Gaussian should show along the photos' rays."""
+    from .gaussians import SH_C0
+
+    base = g.sh.detach().clone()
+    num = torch.zeros(base.shape[0], 3, device=base.device)
+    den = torch.zeros(base.shape[0], device=base.device)
+    for image, c2w, K, weight, valid in views:
+        sh = base.clone()
+        sh[:, 0, :] += 10.0
+        sh.requires_grad_(True)
+        h, w = image.shape[:2]
+        rgb, _ = render(GaussianTensors(g.means.detach(), g.log_scales.detach(), g.rotations.detach(),
+                                        g.opacity_logits.detach(), sh), c2w, K, w, h)
+        v = torch.ones(h, w, device=rgb.device) if valid is None else valid
+        ((rgb * image).sum(-1) * v).sum().backward(retain_graph=True)
+        num += weight * sh.grad[:, 0, :] / SH_C0
+        sh.grad = None
+        (rgb[..., 0] * v).sum().backward()
+        den += weight * sh.grad[:, 0, 0] / SH_C0
+    current = (SH_C0 * base[:, 0, :] + 0.5).clamp(0, 1)
+    colour = (num + prior_px * current) / (den[:, None] + prior_px)
+    return colour.clamp(0, 1), den
 
 
 # ---------------------------------------------------------------------- outputs

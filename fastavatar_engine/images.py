@@ -149,6 +149,37 @@ def load_mask(source, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
 
 
+#: Diagonal of the 35 mm film frame (36 x 24 mm), for EXIF FocalLengthIn35mmFilm.
+FILM_DIAGONAL_MM = 43.2666
+
+
+def exif_focal_px(source) -> float | None:
+    """Focal length in pixels of the photo ``source`` (path or bytes) from its EXIF
+    ``FocalLengthIn35mmFilm`` tag (0xA405), or None when the photo has none (or is unreadable).
+
+    The 35 mm-equivalent focal length maps the image diagonal to the 43.27 mm film diagonal, so
+    ``f_px = f35 * hypot(W, H) / 43.27`` for the image as stored (orientation does not change the
+    diagonal). The plain ``FocalLength`` tag is not used: without the sensor size it does not
+    give a field of view. Values outside 8-2000 mm are ignored as corrupt.
+    """
+    import io
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
+            exif = img.getexif()
+            f35 = exif.get_ifd(0x8769).get(0xA405) if exif else None
+            w, h = img.size
+    except (OSError, ValueError, SyntaxError):
+        return None
+    try:
+        f35 = float(f35)
+    except (TypeError, ValueError):
+        return None
+    if not 8.0 <= f35 <= 2000.0:
+        return None
+    return f35 * float(np.hypot(w, h)) / FILM_DIAGONAL_MM
+
+
 def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Box-filter resample a uint8 ``[H,W]`` or ``[H,W,C]`` image to ``size`` = (width, height).
 

@@ -54,9 +54,9 @@ def test_default_model_ships_with_a_complete_card():
 def test_generate_cli_writes_ply_sidecar_and_preview(astronaut, tmp_path, capsys):
     out = tmp_path / "avatar.ply"
     preview = tmp_path / "preview.png"
-    assert main(["generate", str(astronaut), "-o", str(out), "--preview", str(preview)]) == 0
+    assert main(["generate", str(astronaut), "-o", str(out), "--preview", str(preview), "--refine", "0"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["gaussians"] == 10144 and report["refined_steps"] == 0
+    assert report["gaussians"] == 10144 and report["refined_steps"] == 0  # --refine 0: feed-forward only
     ply = PlyData.read(str(out))  # independent reader
     assert ply["vertex"].count == 10144
     assert [p.name for p in ply["vertex"].properties] == inria_property_names(3)
@@ -70,6 +70,18 @@ def test_generate_cli_writes_ply_sidecar_and_preview(astronaut, tmp_path, capsys
     for k in range(1, 6):  # every yaw shows a head: non-white pixels in the middle of each tile
         tile = img[:, k * 320:(k + 1) * 320]
         assert (tile[80:240, 100:220] < 230).any(axis=2).mean() > 0.3, f"tile {k} is empty"
+
+
+def test_generate_cli_fits_the_photo_by_default(astronaut, tmp_path, capsys):
+    """Without --refine the CLI runs the likeness fit."""
+    from fastavatar_engine.generate import DEFAULT_FIT_STEPS
+
+    out = tmp_path / "fit.ply"
+    assert main(["generate", str(astronaut), "-o", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["refined_steps"] == DEFAULT_FIT_STEPS > 0 and "refine" in report["timings_ms"]
+    meta = json.loads(out.with_suffix(".fastavatar.json").read_text())
+    assert meta["camera"]["focal_source"] == "default_fov" and meta["refined_steps"] == DEFAULT_FIT_STEPS
 
 
 def test_refinement_lowers_the_photo_loss_and_cancel_leaves_avatar_unchanged(generator, astronaut):
@@ -106,7 +118,8 @@ def test_geometry_anchor_limits_drift_and_refine_from_code_matches(generator, as
         avatar = generator.generate(image)
         ff = avatar.gaussians.means.copy()
         generator.refine(avatar, image, 6, refine_size=96, mode="full", lr_code=1e-2, lr_decoder=5e-4,
-                         geometry_anchor=anchor)
+                         geometry_anchor=anchor, detail_steps=0, camera=False, symmetry=False,
+                         landmark_weight=0.0, prior_weight=0.0, silhouette_weight=0.0)
         drift[anchor] = float(np.linalg.norm(avatar.gaussians.means - ff, axis=1).mean())
     assert drift[0.0] > 0 and drift[10.0] < 0.7 * drift[0.0], drift
     # avatar_from_code: the same code decodes to the same Gaussians, with the photo's camera
@@ -176,7 +189,7 @@ def test_several_photos_fuse_codes_and_refine_against_every_view(generator, astr
     assert fused.refined_steps == 4 and len(fused.refine_losses) == 4
     # the CLI takes several photos and records them in the sidecar
     out = tmp_path / "fused.ply"
-    assert main(["generate", str(astronaut), str(flipped), "-o", str(out)]) == 0
+    assert main(["generate", str(astronaut), str(flipped), "-o", str(out), "--refine", "0"]) == 0
     meta = json.loads(out.with_suffix(".fastavatar.json").read_text())
     assert meta["photos"] == [str(astronaut), str(flipped)]
     np.testing.assert_allclose(meta["code_w"], (one.code + two.code) / 2, atol=1e-5)

@@ -50,7 +50,7 @@ def test_hello_reports_protocol_device_and_model(engine):
 
 
 def test_generate_and_decode_equal_the_in_process_model(engine, model, astronaut):
-    g, code, header = engine.generate(str(astronaut))
+    g, code, header = engine.generate(str(astronaut), refine_steps=0)
     assert code.shape == (512,) and len(g) == 10144
     assert header["model_id"] == "fastavatar-default-v1" and len(header["camera"]["c2w_opengl"]) == 4
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_generate_and_decode_equal_the_in_process_model(engine, model, astronaut
     for name in GAUSSIAN_ARRAYS:
         np.testing.assert_allclose(getattr(g, name), getattr(ref, name), atol=1e-5, err_msg=name)
     # pixels instead of a path give the same avatar
-    g2, code2, _ = engine.generate(pixels=skimage_data.astronaut())
+    g2, code2, _ = engine.generate(pixels=skimage_data.astronaut(), refine_steps=0)
     np.testing.assert_allclose(code2, code, atol=1e-6)
     # decode with a direction edit = decode of the moved code
     d = np.zeros((2, 512), np.float32)
@@ -76,7 +76,7 @@ def test_generate_and_decode_equal_the_in_process_model(engine, model, astronaut
 def test_request_errors_are_structured(engine, astronaut, tmp_path):
     bad = [
         (lambda: engine.generate(pixels=np.full((120, 120, 3), 128, np.uint8)), "no_face", "no face"),
-        (lambda: engine.generate(str(tmp_path / "missing.png")), "image", "missing.png"),
+        (lambda: engine.generate(str(tmp_path / "missing.png"), refine_steps=0), "image", "missing.png"),
         (lambda: engine.decode(np.zeros(10, np.float32)), "bad_request", "512 values"),
         (lambda: engine.decode(np.full(512, np.nan, np.float32)), "bad_request", "non-finite"),
         (lambda: engine.decode(np.zeros(512), np.zeros((1, 512)), [1.0, 2.0]), "bad_request", "amounts"),
@@ -117,7 +117,7 @@ def test_malformed_and_oversized_frames_leave_the_engine_alive(engine):
 
 
 def test_refine_streams_progress_and_cancels(engine, astronaut):
-    _, code, _ = engine.generate(str(astronaut))
+    _, code, _ = engine.generate(str(astronaut), refine_steps=0)
     events = []
     g, code2, header = engine.refine(code, str(astronaut), steps=3, progress=events.append)
     assert [e["step"] for e in events] == [1, 2, 3] and all(e["total"] == 3 for e in events)
@@ -138,7 +138,7 @@ def test_killed_engine_is_reported_and_replaced(astronaut):
     try:
         client.start()
         first = client.proc.pid
-        _, code, _ = client.generate(str(astronaut))
+        _, code, _ = client.generate(str(astronaut), refine_steps=0)
         os.kill(first, signal.SIGKILL)
         with pytest.raises(EngineCrashed, match="stopped"):
             client.decode(code)
@@ -199,7 +199,7 @@ def test_decode_tangents_match_finite_differences(engine, model):
 
 
 def test_encode_returns_the_code_and_expression_measures(engine, model, astronaut):
-    g, code_gen, _ = engine.generate(str(astronaut))
+    g, code_gen, _ = engine.generate(str(astronaut), refine_steps=0)
     code, header = engine.encode(image_path=str(astronaut))
     np.testing.assert_allclose(code, code_gen, atol=1e-6)
     m = header["measures"]
@@ -226,9 +226,9 @@ def test_generate_from_several_photos_fuses_the_codes(engine, astronaut, tmp_pat
 
     flipped = tmp_path / "flipped.png"
     Image.open(astronaut).transpose(Image.FLIP_LEFT_RIGHT).save(flipped)
-    _, c1, _ = engine.generate(str(astronaut))
-    _, c2, _ = engine.generate(str(flipped))
-    g, fused, header = engine.generate(image_paths=[str(astronaut), str(flipped)])
+    _, c1, _ = engine.generate(str(astronaut), refine_steps=0)
+    _, c2, _ = engine.generate(str(flipped), refine_steps=0)
+    g, fused, header = engine.generate(image_paths=[str(astronaut), str(flipped)], refine_steps=0)
     np.testing.assert_allclose(fused, (c1 + c2) / 2, atol=1e-5)
     assert header["photos"] == [str(astronaut), str(flipped)] and len(g) == 10144
     with pytest.raises(EngineError, match="either 'image_paths' or one photo"):
@@ -242,7 +242,7 @@ def test_generate_from_several_photos_fuses_the_codes(engine, astronaut, tmp_pat
 def test_refine_streams_live_previews_and_returns_the_base_decode(engine, model, astronaut):
     from fastavatar_engine.gaussians import pack_gaussians
 
-    _, code, _ = engine.generate(str(astronaut))
+    _, code, _ = engine.generate(str(astronaut), refine_steps=0)
     previews = []
     g, code2, header = engine.refine(code, str(astronaut), steps=4, preview_every=2,
                                      preview=lambda h, a: previews.append(a["packed"]))
@@ -257,7 +257,7 @@ def test_client_reports_busy_while_a_request_is_in_flight(engine, astronaut):
     import threading
     import time
 
-    _, code, _ = engine.generate(str(astronaut))
+    _, code, _ = engine.generate(str(astronaut), refine_steps=0)
     assert not engine.busy
     seen = []
     t = threading.Thread(target=lambda: engine.refine(code, str(astronaut), steps=20,

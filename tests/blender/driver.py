@@ -339,7 +339,7 @@ def main():
             from blender_addon import editing as _editing
 
             t = time.perf_counter()
-            result["fit_op"] = run_generate(None)
+            result["fit_op"] = run_generate(type(scene.fastavatar).bl_rna.properties["fit_steps"].default)
             result["fit_s"] = time.perf_counter() - t
             fitted = bpy.context.active_object
             result["fit_default"] = _addon.FIT_STEPS_DEFAULT
