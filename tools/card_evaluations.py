@@ -28,7 +28,8 @@ def summarise(result: dict, source: str) -> dict:
     for mode in MODES:
         if mode in result:
             r = result[mode]
-            out[mode] = {"mean": r["mean"], **{k: r[k] for k in ("identity_similarity", "steps", "time_s") if k in r}}
+            mean = r["mean"] if "mean" in r else {k: v for k, v in r.items() if k != "identity_similarity"}  # CLI summary
+            out[mode] = {"mean": mean, **{k: r[k] for k in ("identity_similarity", "steps", "time_s") if k in r}}
     out["labels"] = {"feed_forward": "photo -> avatar, no refinement",
                      "refined": "product path: the photo alone (estimated camera, segmentation mask, mirrored view, "
                                 "landmarks), as fastavatar generate --refine N / Blender's Refine",
