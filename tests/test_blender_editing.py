@@ -146,7 +146,7 @@ def test_batch_renders_an_animation_of_a_latent_edit(edited, astronaut_png):
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((out / "anim" / "batch_summary.json").read_text())["results"][0]
     assert row["animation"] == {"property": "fastavatar.mix", "from": 0.0, "to": 1.0, "frames": 3}
-    assert row["directions"] == {"planted": 0.5} and row["blended"]["mix"] == 0.5 and row["refined_steps"] == 2
+    assert row["directions"] == {"planted": 0.5} and row["blended"]["mix"] == 0.5 and row["refined_steps"] == 4  # --fit 2 at Generate, then --refine 2
     frames = [np.asarray(Image.open(f).convert("RGB"), np.float32) for f in row["frames"]]
     assert len(frames) == 3 and frames[0].shape == (64, 64, 3)
     diffs = [np.abs(frames[i + 1] - frames[i]).mean() for i in range(2)]
