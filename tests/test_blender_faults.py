@@ -30,7 +30,7 @@ def fault_rows(astronaut_png, tmp_path_factory):
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
     save_direction(Direction("planted", "fastavatar-default-v1", np.random.default_rng(2).standard_normal(512)),
                    out / "planted.json")
-    env = dict(os.environ, FASTAVATAR_ENGINE_PYTHON=str(wrapper), FASTAVATAR_REQUEST_TIMEOUT="6")
+    env = dict(os.environ, FASTAVATAR_ENGINE_PYTHON=str(wrapper), FASTAVATAR_REQUEST_TIMEOUT="15")
     return run_driver("faults", out, astronaut_png, out / "planted.json", env=env, timeout=900)["rows"]
 
 
@@ -45,7 +45,7 @@ def test_fault_is_reported_scene_untouched_and_recovered(fault_rows, stage, acti
     assert expected in row["status"], row
     assert row["objects_unchanged"] and row["arrays_unchanged"] and row["code_unchanged"], row
     if action == "hang":
-        assert row["seconds"] < 60, row  # the timeout (6 s here), not a hang
+        assert row["seconds"] < 60, row  # the timeout (15 s here: a refinement step with the mirrored view on 2 busy cores), not a hang
     assert row["again"], row
 
 
