@@ -52,13 +52,13 @@ def _metrics(g, views) -> dict:
 def _identity_similarity(generator, g, photo_embedding, frontal_view) -> float | None:
     """Cosine between ``photo_embedding`` and the backbone's embedding of ``g`` rendered at
     ``frontal_view`` (full resolution); None when no face is found in the render."""
+    from .likeness import identity_similarity
+
     with torch.no_grad():
         rgb, _ = render(g, frontal_view.c2w, frontal_view.K, frontal_view.width, frontal_view.height)
     img = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
-    faces = generator.front_end.detect(img)
-    if not faces:
-        return None
-    return round(float(np.dot(generator.embedder.embed(img, faces[0]), photo_embedding)), 4)
+    sim = identity_similarity(generator.front_end, generator.embedder, img, photo_embedding)
+    return None if sim is None else round(sim, 4)
 
 
 def evaluate_subject(data_dir, subject: str, input_view=FRONTAL_CAMERA, refine_steps: int = 0,

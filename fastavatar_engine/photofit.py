@@ -93,9 +93,10 @@ class LandmarkCorrespondence:
 
     ``index``: int64 [478], the Gaussian nearest to each landmark template point; ``offset``:
     float32 [478,3] metres, template point minus that Gaussian's mean in the feed-forward avatar
-    (so the feed-forward avatar reproduces the landmark template exactly); ``visible_normals``:
-    the template's [478,3] outward normals (head frame) for the visibility test. ``mirrored``
-    builds the same for the mirrored head (points and normals with x negated).
+    (so the feed-forward avatar reproduces the landmark template exactly); ``normals``: the
+    template's [478,3] outward unit normals and ``points`` its [478,3] points (head frame,
+    metres), for the visibility test. ``build(..., mirrored=True)`` builds the same for the
+    mirrored head (points and normals with x negated).
     """
 
     index: np.ndarray
