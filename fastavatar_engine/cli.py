@@ -304,7 +304,7 @@ def cmd_evaluate(args) -> int:
                                   image_scale=args.image_scale, generator=gen, progress=_progress_bar("refine") if args.refine else None,
                                   refine_mode=args.refine_mode, geometry_anchor=args.geometry_anchor,
                                   precision=args.precision, oracle=args.oracle,
-                                  refine_options=dict(args.refine_option or []))
+                                  refine_options=dict(args.refine_option or []), frame_aligned=args.frame_aligned)
     finally:
         gen.close()
     text = json.dumps(result, indent=2)
@@ -313,8 +313,10 @@ def cmd_evaluate(args) -> int:
 
         _atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(text + "\n"))
     summary = {k: result[k]["mean"] | {"identity_similarity": result[k]["identity_similarity"]}
+               | ({"frame_aligned": result[k]["frame_aligned"]["mean"]} if "frame_aligned" in result[k] else {})
                for k in ("feed_forward", "refined", "oracle_refined") if k in result}
-    print(json.dumps({"subject": args.subject, "input_view": args.input_view, **summary}, indent=2))
+    extra = {"frame_alignment": result["frame_alignment"]} if "frame_alignment" in result else {}
+    print(json.dumps({"subject": args.subject, "input_view": args.input_view, **extra, **summary}, indent=2))
     return 0
 
 
@@ -461,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refine-option", type=_refine_option, action="append", metavar="KEY=VALUE",
                    help="product-path refinement option, e.g. symmetry=false, landmark_weight=0, "
                         "silhouette_weight=0, prior_weight=0, mirror_weight=0.25 (repeatable)")
+    e.add_argument("--no-frame-alignment", dest="frame_aligned", action="store_false",
+                   help="score only in the subject's head frame (skip the frame_aligned scores, which move the "
+                        "cameras into the landmark template's frame; see fastavatar_engine/evaluate.py)")
     e.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
     e.add_argument("--json", help="write the full result (per view) here")
     e.add_argument("--verbose", action="store_true")

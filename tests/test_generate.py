@@ -168,6 +168,14 @@ def test_short_evaluation_run_on_a_sample_subject(tmp_path, capsys):
     assert summary["subject"] == "306" and "refined" in summary and "oracle_refined" in summary
     # the product path is not the oracle: the first refines at the estimated camera, the other at camera 8
     assert result["refined"]["views"] != result["oracle_refined"]["views"]
+    # photo-only avatars are also scored in the landmark template's frame; the oracle is not
+    al = result["frame_alignment"]
+    assert al["landmarks"] >= 400 and al["rotation_deg"] < 5 and np.linalg.norm(al["translation_mm"]) < 60
+    assert al["residual_mm"] < 6
+    for mode in ("feed_forward", "refined"):
+        assert len(result[mode]["frame_aligned"]["views"]) == 15 and np.isfinite(result[mode]["frame_aligned"]["mean"]["psnr"])
+        assert summary[mode]["frame_aligned"] == result[mode]["frame_aligned"]["mean"]
+    assert "frame_aligned" not in result["oracle_refined"]
     with pytest.raises(SystemExit) as exit_info:  # argparse: usage error, exit status 2
         main(["evaluate", "--data", str(SAMPLES), "--subject", "306", "--refine-option", "nonsense=1"])
     assert exit_info.value.code == 2
