@@ -52,6 +52,11 @@ def test_body_below_the_chin_outside_the_template_is_ignored():
     assert ignore[20, 15] == 0 and fg[20, 15] == 1  # beside the face, above the chin: still person
     assert ignore[60, 40] == 0 and fg[60, 40] == 1  # neck inside the template
     assert ignore[5, 40] == 0 and fg[5, 40] == 0  # background stays background
+    # the template's silhouette is grown by BODY_MARGIN of the longer side (8 px here) first:
+    # a shoulder pixel 3 px beside the template is fitted, and with a 2% margin it is not
+    assert ignore[60, 22] == 0 and fg[60, 22] == 1
+    fg2, ignore2 = product_masks(person, lm, alpha, margin=0.02)
+    assert ignore2[60, 22] == 1 and fg2[60, 22] == 0
 
 
 @needs_samples
