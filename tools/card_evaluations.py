@@ -5,8 +5,8 @@
 
 Each ``fastavatar evaluate --json`` file contributes its subject, input view, model, scored
 cameras and, for ``feed_forward``, ``refined`` (the product path: the photo alone) and
-``oracle_refined`` (calibrated camera + dataset mask), the mean metrics, identity similarity, steps
-and time. The card is rewritten atomically; other keys are kept as they are.
+``oracle_refined`` (calibrated camera + dataset mask), the mean metrics (and, for the photo-only
+paths, the frame-aligned means), identity similarity, steps and time. The card is rewritten atomically; other keys are kept as they are.
 """
 
 from __future__ import annotations
@@ -30,10 +30,17 @@ def summarise(result: dict, source: str) -> dict:
             r = result[mode]
             mean = r["mean"] if "mean" in r else {k: v for k, v in r.items() if k != "identity_similarity"}  # CLI summary
             out[mode] = {"mean": mean, **{k: r[k] for k in ("identity_similarity", "steps", "time_s") if k in r}}
+            if "frame_aligned" in r:  # the evaluation's file has {"mean", "views"}, the CLI summary the mean
+                fa = r["frame_aligned"]
+                out[mode]["frame_aligned_mean"] = fa["mean"] if "mean" in fa else fa
+    if "frame_alignment" in result:
+        out["frame_alignment"] = result["frame_alignment"]
     out["labels"] = {"feed_forward": "photo -> avatar, no refinement",
                      "refined": "product path: the photo alone (estimated camera, segmentation mask, mirrored view, "
                                 "landmarks), as fastavatar generate --refine N / Blender's Refine",
-                     "oracle_refined": "oracle: the calibrated camera and the dataset's foreground mask"}
+                     "oracle_refined": "oracle: the calibrated camera and the dataset's foreground mask",
+                     "frame_aligned_mean": "scored at the cameras moved into the landmark template's frame "
+                                           "(fastavatar_engine.evaluate.template_alignment); mean: the subject's head frame"}
     return out
 
 
