@@ -151,7 +151,8 @@ def test_prior_keeps_what_no_view_sees_and_symmetry_adds_the_mirrored_view(fit_s
     drift = {}
     for w in (0.0, 1.0):
         av = gen.generate(image)
-        gen.refine(av, image, 12, refine_size=128, prior_weight=w, symmetry=False, camera=False, precision="fp32")
+        gen.refine(av, image, 12, refine_size=128, prior_weight=w, symmetry=False, camera=False, precision="fp32",
+                   detail_steps=0)  # the prior acts in the decoder stage; the detail stage leaves unseen ones alone
         drift[w] = float(np.linalg.norm(av.gaussians.means[unseen] - ff.gaussians.means[unseen], axis=1).mean())
     assert drift[1.0] < 0.7 * drift[0.0], drift
     # symmetry: the mirrored view is its photo flipped, at the mirrored camera, fitted in the same step
