@@ -18,7 +18,7 @@ calibrated camera inside the dataset's foreground mask, which no user has.
 
 * ``mean``, *strict*: at the calibrated cameras in the subject's head frame (the sample data's
   world, un-rotated by the tracked FLAME head rotation; :func:`train.data.load_views`). That
-  frame keeps where the subject sat in the rig: the face of subject 369 sits 14 mm lower than
+  frame keeps where the subject sat in the rig: the face of subject 369 sits 13.5 mm higher than
   the landmark template's. A photo cannot show that offset, so the feed-forward avatar and the
   product path's camera (PnP against the template, :func:`face.estimate_camera`) put the head
   where the template is, and the strict score charges the seat position to the avatar (on 369,

@@ -202,7 +202,7 @@ def test_template_alignment_agrees_with_pnp_on_the_frontal_views():
     """The evaluation's frame alignment (triangulated landmarks -> template, Kabsch) against an
     independent estimate of the same offset: PnP of each frontal photo against the template at
     its true intrinsics gives the camera in the template's frame, so it should sit nearer to
-    ``D @ c2w`` than to the head-frame ``c2w`` for subject 369, whose face is 14 mm below the
+    ``D @ c2w`` than to the head-frame ``c2w`` for subject 369, whose face is 13.5 mm above the
     template's."""
     from fastavatar_engine.evaluate import template_alignment
     from fastavatar_engine.face import FaceFrontEnd, estimate_camera
