@@ -73,28 +73,26 @@ def template_alignment(root, front_end=None) -> tuple[np.ndarray, dict]:
     ``root``: a sample-subject folder (16 calibrated views, FLAME parameters). The subject's
     478 MediaPipe landmarks are triangulated from its views
     (:func:`face.triangulate.triangulate_subject`), taken into the head frame
-    (:func:`train.data.head_frame_transform`), and the 468 mesh landmarks (iris excluded) are
-    aligned to :func:`face.load_landmark_template`'s by a least-squares rotation (Kabsch,
+    (:attr:`SubjectLandmarks.head_points`, the frame of :func:`train.data.load_views`), and the
+    template's PnP landmarks (the 468 mesh points, iris excluded) are aligned to
+    :func:`face.load_landmark_template`'s by a least-squares rotation (Kabsch,
     ``scipy.spatial.transform.Rotation.align_vectors``) and translation, no scale.
 
     Returns ``(D, stats)``: ``D`` [4,4] float64 maps head-frame points (metres) to template-frame
     points, so a camera ``c2w`` of the head frame becomes ``D @ c2w``; ``stats`` has
     ``rotation_deg``, ``translation_mm`` [3] and the RMS landmark residual ``residual_mm``.
-    Raises ``ValueError`` when fewer than 3 views have a face.
+    Raises ``ValueError`` when fewer than 3 views have a face or the subject has no FLAME
+    head rotation.
     """
     from scipy.spatial.transform import Rotation
 
     from .face import load_landmark_template
     from .face.triangulate import triangulate_subject
-    from .train.data import head_frame_transform
 
-    sl = triangulate_subject(root, front_end)
-    T = head_frame_transform(root)
-    X = sl.points @ T[:3, :3].T + T[:3, 3]
-    tpl = load_landmark_template().points
-    idx = np.arange(468)
-    idx = idx[np.isfinite(X[idx]).all(1)]
-    a, b = X[idx], tpl[idx]
+    X = triangulate_subject(root, front_end).head_points  # the head frame of train.data.load_views
+    tpl = load_landmark_template()
+    idx = tpl.pnp_indices[np.isfinite(X[tpl.pnp_indices]).all(1)]
+    a, b = X[idx], tpl.points[idx]
     ca, cb = a.mean(0), b.mean(0)
     rot, _ = Rotation.align_vectors(b - cb, a - ca)
     R = rot.as_matrix()

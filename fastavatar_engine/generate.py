@@ -8,7 +8,8 @@ Refinement (:meth:`AvatarGenerator.refine`) fits the avatar to what the photo al
 (:mod:`fastavatar_engine.photofit`): the photo composited on white inside its person mask
 (segmentation, body cut where the template ends) plus a silhouette term, its mirrored view at the
 mirrored camera, its landmarks against the corresponding Gaussians, a prior on the Gaussians no
-view sees, and the photo's camera refined with it (camera-only warm-up first). The photo is
+view sees, and optionally (``camera=True``, off by default) the photo's camera refined with it.
+The photo is
 resampled so its longer side is ``refine_size`` pixels. Two modes: ``full`` (the default) is the
 paper's — ``w`` and all decoder weights jointly, with a small pull of ``w`` towards the
 feed-forward code, ending with a per-Gaussian detail stage that starts from the photo's colours

@@ -78,8 +78,9 @@ def product_masks(person: np.ndarray, landmarks: np.ndarray, avatar_alpha: np.nd
     """(foreground [H,W] float32 in [0,1], ignore [H,W] float32 in {0,1}) for refinement.
 
     ``person``: the soft segmentation [H,W]; ``landmarks``: [478,2] px; ``avatar_alpha``: the
-    feed-forward avatar's rendered alpha [H,W] at the photo's camera. Below the chin line,
-    person pixels the avatar does not cover (alpha < 0.5, after a dilation by ``margin`` of the
+    rendered alpha [H,W] of the head's Gaussians at the photo's camera
+    (:meth:`AvatarGenerator.photo_view` passes the model's template). Below the chin line,
+    person pixels it does not cover (alpha < 0.5, after a dilation by ``margin`` of the
     image's longer side) are the body beyond the template: ignored. See the module docstring."""
     import cv2
 
