@@ -58,18 +58,18 @@ class FASTAVATAR_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "device")
         col.prop(self, "weights_dir")
         col.prop(self, "directions_dir")
-        _draw_engine_status(col)
+        draw_engine_status(col)
 
 
-def _draw_engine_status(layout):
+def draw_engine_status(layout):
     try:
         python = engine.engine_python()
         layout.label(text=f"Engine: {python}", icon="CHECKMARK")
     except engine.EngineNotInstalled as e:
         layout.label(text=str(e).split(":")[0], icon="ERROR")
         layout.operator(FASTAVATAR_OT_install_engine.bl_idname, icon="IMPORT")
-    if _INSTALL.get("job") is not None and not _INSTALL["job"].done:
-        layout.label(text=_INSTALL["job"].status[:80] or "Installing...", icon="TIME")
+    if INSTALL.get("job") is not None and not INSTALL["job"].done:
+        layout.label(text=INSTALL["job"].status[:80] or "Installing...", icon="TIME")
 
 
 # ---------------------------------------------------------------------- properties
@@ -130,7 +130,7 @@ class FastAvatarSceneProps(bpy.types.PropertyGroup):
                                description="Show the refining avatar every N steps (0: only at the end)")
     direction_name: StringProperty(name="Name", default="attribute",
                                    description="Name of the direction to train")
-    direction: EnumProperty(name="Direction", items=lambda self, context: _direction_items(context),
+    direction: EnumProperty(name="Direction", items=lambda self, context: direction_items(context),
                             description="Direction from the library (the active avatar's model only)")
     photos_dir: StringProperty(name="Photos", subtype="DIR_PATH",
                                description="Folder of face photos to build an expression direction from")
@@ -197,7 +197,7 @@ def generate_avatar(path, pixels, face_index, progress=None, cancelled=None, fit
                            refine_steps=int(fit_steps), cancel=cancelled, progress=on_step)
 
 
-def _apply_result(context, result, label, face_index, photos=None):
+def apply_result(context, result, label, face_index, photos=None):
     g, code, header = result
     name = Path(label).stem if label else "Avatar"
     obj = avatar_mod.create_avatar_object(
@@ -216,10 +216,10 @@ def _apply_result(context, result, label, face_index, photos=None):
     return obj
 
 
-_ACTIVE: dict = {"job": None}
+ACTIVE_JOB: dict = {"job": None}
 
 
-class _JobModal:
+class JobModal:
     """Mixin for operators that run an :class:`engine.Job`: synchronous in background mode;
     in the UI a modal timer polls it, shows progress in the status bar and the panel, and Esc
     or the panel's Cancel stops it. Subclasses implement ``on_done(context, result) -> message``
@@ -236,12 +236,12 @@ class _JobModal:
         pass
 
     def run_job(self, context, job):
-        running = _ACTIVE["job"]
+        running = ACTIVE_JOB["job"]
         if running is not None and not running.done:
             self.report({"ERROR"}, "Another FastAvatar job is running; wait for it or cancel it first")
             return {"CANCELLED"}
         self._job, self._t0 = job, time.perf_counter()
-        _ACTIVE["job"] = job
+        ACTIVE_JOB["job"] = job
         context.scene.fastavatar.progress = 0.0
         if bpy.app.background:
             job.run_sync()
@@ -260,9 +260,9 @@ class _JobModal:
             wm.progress_end()
             self._timer = None
         context.workspace.status_text_set(None)
-        _ACTIVE["job"] = None
+        ACTIVE_JOB["job"] = None
         context.scene.fastavatar.progress = -1.0
-        _redraw(context)
+        redraw(context)
 
     def modal(self, context, event):
         job = self._job
@@ -280,14 +280,14 @@ class _JobModal:
             context.window_manager.progress_update(int(100 * job.fraction))
             context.scene.fastavatar.progress = job.fraction
             context.workspace.status_text_set(f"FastAvatar: {job.status} (Esc to cancel)")
-            _redraw(context)
+            redraw(context)
             return {"RUNNING_MODAL"}
         self._cleanup(context)
         return self._end(context)
 
     def _end(self, context):
         job = self._job
-        _ACTIVE["job"] = None
+        ACTIVE_JOB["job"] = None
         context.scene.fastavatar.progress = -1.0
         try:
             if job.error is not None:
@@ -304,14 +304,14 @@ class _JobModal:
         return {"FINISHED"}
 
 
-def _redraw(context):
+def redraw(context):
     screen = getattr(context, "screen", None)
     for area in (screen.areas if screen is not None else []):
         if area.type in ("VIEW_3D", "PROPERTIES"):
             area.tag_redraw()
 
 
-class FASTAVATAR_OT_generate(_JobModal, bpy.types.Operator):
+class FASTAVATAR_OT_generate(JobModal, bpy.types.Operator):
     """Turn the chosen face photo into a 3D Gaussian head avatar at the 3D cursor"""
 
     bl_idname = "fastavatar.generate"
@@ -336,11 +336,11 @@ class FASTAVATAR_OT_generate(_JobModal, bpy.types.Operator):
             lambda progress, cancelled: generate_avatar(path, pixels, fi, progress, cancelled, fit)))
 
     def on_done(self, context, result):
-        obj = _apply_result(context, result, self._label, self._fi)
+        obj = apply_result(context, result, self._label, self._fi)
         return f"Created {obj.name} ({len(obj.data.vertices)} splats)"
 
 
-class FASTAVATAR_OT_generate_multi(_JobModal, bpy.types.Operator):
+class FASTAVATAR_OT_generate_multi(JobModal, bpy.types.Operator):
     """Generate one avatar from several photos of the same person (fused code; optional refinement against all of them)"""
 
     bl_idname = "fastavatar.generate_multi"
@@ -381,7 +381,7 @@ class FASTAVATAR_OT_generate_multi(_JobModal, bpy.types.Operator):
         return self.run_job(context, engine.Job(fn))
 
     def on_done(self, context, result):
-        obj = _apply_result(context, result, self._paths[0], self._fi, photos=self._paths)
+        obj = apply_result(context, result, self._paths[0], self._fi, photos=self._paths)
         return f"Created {obj.name} from {len(self._paths)} photos"
 
 
@@ -427,7 +427,7 @@ def library_directions(model_id: str):
     return hit[1]
 
 
-def _direction_items(context):
+def direction_items(context):
     obj = getattr(context, "active_object", None) if context is not None else None
     items = []
     if avatar_mod.is_avatar(obj):
@@ -439,7 +439,7 @@ def _direction_items(context):
     return _DIRECTION_ITEMS
 
 
-def _engine_free(op) -> bool:
+def engine_free(op) -> bool:
     """False (and an error report) when the engine is serving a long request such as a
     refinement: a synchronous request now would freeze Blender until it ends."""
     if engine.client_busy():
@@ -449,7 +449,7 @@ def _engine_free(op) -> bool:
     return True
 
 
-def _active_avatar(context, op):
+def active_avatar(context, op):
     obj = context.active_object
     if not avatar_mod.is_avatar(obj):
         op.report({"ERROR"}, "select a FastAvatar avatar first")
@@ -470,7 +470,7 @@ class FASTAVATAR_OT_add_direction(bpy.types.Operator):
     def execute(self, context):
         from fastavatar_engine.directions import DirectionError, direction_filename, load_direction, load_library
 
-        obj = _active_avatar(context, self)
+        obj = active_avatar(context, self)
         if obj is None:
             return {"CANCELLED"}
         try:
@@ -504,7 +504,7 @@ class FASTAVATAR_OT_add_all_directions(bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        obj = _active_avatar(context, self)
+        obj = active_avatar(context, self)
         if obj is None:
             return {"CANCELLED"}
         dirs, problems = library_directions(obj.fastavatar.model_id)
@@ -529,8 +529,8 @@ class FASTAVATAR_OT_remove_direction(bpy.types.Operator):
     name: StringProperty(name="Direction")
 
     def execute(self, context):
-        obj = _active_avatar(context, self)
-        if obj is None or not _engine_free(self):
+        obj = active_avatar(context, self)
+        if obj is None or not engine_free(self):
             return {"CANCELLED"}
         editing.remove_direction(obj, self.name)
         editing.update_exact(obj)
@@ -549,7 +549,7 @@ class FASTAVATAR_OT_train_direction(bpy.types.Operator):
             DirectionError, direction_filename, direction_from_json, save_direction,
         )
 
-        if not _engine_free(self):
+        if not engine_free(self):
             return {"CANCELLED"}
         name = context.scene.fastavatar.direction_name.strip()
         labelled = [o for o in context.scene.objects if avatar_mod.is_avatar(o) and o.fastavatar.label != "NONE"]
@@ -579,7 +579,7 @@ class FASTAVATAR_OT_train_direction(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class FASTAVATAR_OT_direction_from_photos(_JobModal, bpy.types.Operator):
+class FASTAVATAR_OT_direction_from_photos(JobModal, bpy.types.Operator):
     """Build an expression direction from a folder of photos, labelled automatically from their landmarks"""
 
     bl_idname = "fastavatar.direction_from_photos"
@@ -634,7 +634,7 @@ class FASTAVATAR_OT_direction_from_photos(_JobModal, bpy.types.Operator):
                 f"{acc['train']:.2f}, cross-validated {acc['cross_validated']}; saved to {path.name}")
 
 
-class FASTAVATAR_OT_refine(_JobModal, bpy.types.Operator):
+class FASTAVATAR_OT_refine(JobModal, bpy.types.Operator):
     """Refine the active avatar against its source photo(s): the paper's full refinement of the code and decoder"""
 
     bl_idname = "fastavatar.refine"
@@ -642,7 +642,7 @@ class FASTAVATAR_OT_refine(_JobModal, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        obj = _active_avatar(context, self)
+        obj = active_avatar(context, self)
         if obj is None:
             return {"CANCELLED"}
         settings = context.scene.fastavatar
@@ -676,7 +676,7 @@ class FASTAVATAR_OT_interpolate(bpy.types.Operator):
     mix: FloatProperty(name="Mix", default=0.5, min=0.0, max=1.0)
 
     def execute(self, context):
-        if not _engine_free(self):
+        if not engine_free(self):
             return {"CANCELLED"}
         sel = [o for o in context.selected_objects if avatar_mod.is_avatar(o)]
         if len(sel) != 2:
@@ -707,13 +707,13 @@ class FASTAVATAR_OT_cancel_job(bpy.types.Operator):
     bl_label = "Cancel"
 
     def execute(self, context):
-        if _ACTIVE["job"] is not None:
-            _ACTIVE["job"].cancel()
+        if ACTIVE_JOB["job"] is not None:
+            ACTIVE_JOB["job"].cancel()
         return {"FINISHED"}
 
 
 # ---------------------------------------------------------------------- export
-_EXPORT_FORMATS = [("ply", "INRIA PLY (.ply)", "3DGS PLY, float32, lossless"),
+EXPORT_FORMATS = [("ply", "INRIA PLY (.ply)", "3DGS PLY, float32, lossless"),
                    ("splat", "antimatter15 (.splat)", "32 bytes per splat, no view-dependent colour"),
                    ("spz", "Niantic SPZ (.spz)", "compressed, ~10x smaller than PLY"),
                    ("glb", "glTF binary (.glb)", "KHR_gaussian_splatting, for game engines")]
@@ -739,7 +739,7 @@ class FASTAVATAR_OT_export(bpy.types.Operator, ExportHelper):
 
     filename_ext = ".ply"
     filter_glob: StringProperty(default="*.ply;*.splat;*.spz;*.glb", options={"HIDDEN"})
-    file_format: EnumProperty(name="Format", items=_EXPORT_FORMATS, default="ply")
+    file_format: EnumProperty(name="Format", items=EXPORT_FORMATS, default="ply")
     axes: EnumProperty(name="Axes", default="auto", items=[
         ("auto", "Auto", "Y down for PLY/.splat/.spz (what their viewers expect), Y up for glTF"),
         ("ply", "Y Down (3DGS)", "COLMAP/INRIA convention"),
@@ -761,10 +761,10 @@ class FASTAVATAR_OT_export(bpy.types.Operator, ExportHelper):
     def execute(self, context):
         from fastavatar_engine.export import ExportError, export_gaussians
 
-        obj = _active_avatar(context, self)
+        obj = active_avatar(context, self)
         if obj is None:
             return {"CANCELLED"}
-        if not self.apply_edits and not _engine_free(self):
+        if not self.apply_edits and not engine_free(self):
             return {"CANCELLED"}
         self.check(context)
         try:
@@ -784,12 +784,12 @@ class FASTAVATAR_OT_export(bpy.types.Operator, ExportHelper):
         return {"FINISHED"}
 
 
-def _export_menu(self, context):
+def export_menu(self, context):
     self.layout.operator(FASTAVATAR_OT_export.bl_idname, text="FastAvatar Gaussian Splats (.ply/.splat/.spz/.glb)")
 
 
 # ---------------------------------------------------------------------- engine management
-_INSTALL: dict = {}
+INSTALL: dict = {}
 
 
 def install_commands(venv: Path, wheel: Path, constraints: Path | None, python: str | None = None) -> list[list[str]]:
@@ -805,7 +805,7 @@ def install_commands(venv: Path, wheel: Path, constraints: Path | None, python: 
     ]
 
 
-def _bundled_wheel() -> Path:
+def bundled_wheel() -> Path:
     here = Path(__file__).parent
     wheels = sorted((here / "wheels").glob("fastavatar-*.whl"))
     if not wheels:
@@ -845,12 +845,12 @@ class FASTAVATAR_OT_install_engine(bpy.types.Operator):
             self.report({"ERROR"}, "Install Engine needs the add-on installed as an extension; set Engine Python instead")
             return {"CANCELLED"}
         try:
-            cmds = install_commands(venv, _bundled_wheel(), Path(__file__).parent / "constraints.txt")
+            cmds = install_commands(venv, bundled_wheel(), Path(__file__).parent / "constraints.txt")
         except FileNotFoundError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         job = engine.Job(lambda progress, cancelled: run_install(cmds, progress, cancelled))
-        _INSTALL["job"] = job
+        INSTALL["job"] = job
         if bpy.app.background:
             job.run_sync()
             return self._done(context, job)
@@ -869,7 +869,7 @@ class FASTAVATAR_OT_install_engine(bpy.types.Operator):
         return {"FINISHED"}
 
     def modal(self, context, event):
-        job = _INSTALL["job"]
+        job = INSTALL["job"]
         if event.type == "ESC":
             job.cancel()
         if event.type != "TIMER":
@@ -914,14 +914,14 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
         if settings.status:
             col.label(text=settings.status[:90])
         box = col.box()
-        _draw_engine_status(box)
+        draw_engine_status(box)
         box.operator(FASTAVATAR_OT_stop_engine.bl_idname, icon="CANCEL")
-        if settings.progress >= 0 and _ACTIVE["job"] is not None:
+        if settings.progress >= 0 and ACTIVE_JOB["job"] is not None:
             row = col.row(align=True)
             if hasattr(row, "progress"):
-                row.progress(factor=settings.progress, type="BAR", text=_ACTIVE["job"].status[:60] or "Working...")
+                row.progress(factor=settings.progress, type="BAR", text=ACTIVE_JOB["job"].status[:60] or "Working...")
             else:
-                row.label(text=f"{100 * settings.progress:.0f}%  {_ACTIVE['job'].status[:50]}")
+                row.label(text=f"{100 * settings.progress:.0f}%  {ACTIVE_JOB['job'].status[:50]}")
             row.operator(FASTAVATAR_OT_cancel_job.bl_idname, text="", icon="CANCEL")
         obj = context.active_object
         if not avatar_mod.is_avatar(obj):
@@ -989,11 +989,11 @@ def register():
     bpy.types.Object.fastavatar = PointerProperty(type=FastAvatarObjectProps)
     bpy.types.Scene.fastavatar = PointerProperty(type=FastAvatarSceneProps)
     editing.register_handlers()
-    bpy.types.TOPBAR_MT_file_export.append(_export_menu)
+    bpy.types.TOPBAR_MT_file_export.append(export_menu)
 
 
 def unregister():
-    bpy.types.TOPBAR_MT_file_export.remove(_export_menu)
+    bpy.types.TOPBAR_MT_file_export.remove(export_menu)
     editing.unregister_handlers()
     engine.stop_engine()
     del bpy.types.Scene.fastavatar
