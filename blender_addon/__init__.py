@@ -29,6 +29,8 @@ from bpy_extras.io_utils import ExportHelper
 
 from . import avatar as avatar_mod
 from . import editing, engine
+from .photo_source import image_pixels, resolve_photo  # noqa: F401 (moved)
+from .direction_library import directions_dir, _DIRECTION_ITEMS, _LIBRARY_CACHE, library_directions, direction_items  # noqa: F401 (moved)
 
 
 # ---------------------------------------------------------------------- preferences
@@ -142,40 +144,6 @@ class FastAvatarSceneProps(bpy.types.PropertyGroup):
 
 
 # ---------------------------------------------------------------------- photo source
-def image_pixels(image) -> np.ndarray:
-    """[H,W,3] uint8 RGB (top row first) from an image datablock."""
-    w, h = image.size
-    if w == 0 or h == 0:
-        raise ValueError(f"image {image.name!r} has no pixels")
-    px = np.empty(w * h * image.channels, np.float32)
-    image.pixels.foreach_get(px)
-    px = px.reshape(h, w, image.channels)[::-1]
-    rgb = px[..., :3] if image.channels >= 3 else np.repeat(px[..., :1], 3, axis=2)
-    if image.channels == 4:  # composite over white, like the engine's loader
-        a = px[..., 3:4]
-        rgb = rgb * a + (1 - a)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def resolve_photo(context) -> tuple[str | None, np.ndarray | None, str]:
-    """(file path, pixels, label) of the photo to use: the panel's image datablock, else the
-    active object's reference image (an image empty), else the panel's file path."""
-    settings = context.scene.fastavatar
-    image = settings.image
-    obj = context.active_object
-    if image is None and obj is not None and obj.type == "EMPTY" and obj.empty_display_type == "IMAGE":
-        image = obj.data
-    if image is not None:
-        path = bpy.path.abspath(image.filepath) if image.filepath else ""
-        if path and os.path.isfile(path) and image.packed_file is None:
-            return path, None, path
-        return None, image_pixels(image), image.name
-    path = bpy.path.abspath(settings.photo_path) if settings.photo_path else ""
-    if not path:
-        raise ValueError("choose a photo (file path or image) in the FastAvatar panel")
-    if not os.path.isfile(path):
-        raise ValueError(f"photo not found: {path}")
-    return path, None, path
 
 
 # ---------------------------------------------------------------------- generate
@@ -386,57 +354,6 @@ class FASTAVATAR_OT_generate_multi(JobModal, bpy.types.Operator):
 
 
 # ---------------------------------------------------------------------- editing
-def directions_dir() -> Path:
-    """The direction library folder: the preference, else $FASTAVATAR_DIRECTIONS_DIR, else the
-    extension's user folder (``~/.fastavatar/directions`` outside the extension system)."""
-    prefs = engine.preferences()
-    choice = prefs.directions_dir.strip() if prefs is not None else ""
-    if choice:
-        return Path(bpy.path.abspath(choice))
-    env = os.environ.get("FASTAVATAR_DIRECTIONS_DIR", "").strip()
-    if env:
-        return Path(env)
-    try:
-        return Path(bpy.utils.extension_path_user(engine.addon_package(), path="directions", create=True))
-    except (ValueError, AttributeError, TypeError):
-        return Path.home() / ".fastavatar" / "directions"
-
-
-_DIRECTION_ITEMS: list = []  # Blender needs the enum item strings kept alive
-
-
-_LIBRARY_CACHE: dict = {}
-
-
-def library_directions(model_id: str):
-    """(directions, problems) of the library for ``model_id``; the files are parsed again only
-    when the folder's listing or a file's modification time changed (the panel asks on every
-    redraw)."""
-    from fastavatar_engine.directions import load_library
-
-    folder = directions_dir()
-    try:
-        stamp = tuple(sorted((q.name, q.stat().st_mtime_ns) for q in folder.glob("*.json")))
-    except OSError:
-        stamp = ()
-    key = (str(folder), model_id)
-    hit = _LIBRARY_CACHE.get(key)
-    if hit is None or hit[0] != stamp:
-        hit = (stamp, load_library(folder, model_id))
-        _LIBRARY_CACHE[key] = hit
-    return hit[1]
-
-
-def direction_items(context):
-    obj = getattr(context, "active_object", None) if context is not None else None
-    items = []
-    if avatar_mod.is_avatar(obj):
-        dirs, _ = library_directions(obj.fastavatar.model_id)
-        for d in dirs:
-            acc = d.accuracy.get("cross_validated")
-            items.append((d.name, d.name, f"{d.name} (cross-validated accuracy {acc})" if acc is not None else d.name))
-    _DIRECTION_ITEMS[:] = items or [("NONE", "(none for this model)", "No direction in the library for this model")]
-    return _DIRECTION_ITEMS
 
 
 def engine_free(op) -> bool:

@@ -517,7 +517,7 @@ def photo_sources(obj) -> tuple[list[str] | None, str | None, np.ndarray | None]
         return None, path, None
     image = bpy.data.images.get(label) if label else None
     if image is not None:
-        from . import image_pixels
+        from .photo_source import image_pixels
 
         return None, None, image_pixels(image)
     raise ValueError(f"{obj.name}: its source photo {label!r} is not available; refinement needs it")
