@@ -31,6 +31,7 @@ from . import avatar as avatar_mod
 from . import editing, engine
 from .photo_source import image_pixels, resolve_photo  # noqa: F401 (moved)
 from .direction_library import directions_dir, _DIRECTION_ITEMS, _LIBRARY_CACHE, library_directions, direction_items  # noqa: F401 (moved)
+from .properties import _param_update, _is_avatar_poll, FastAvatarEdit, FastAvatarObjectProps, FIT_STEPS_DEFAULT, FastAvatarSceneProps  # noqa: F401 (moved)
 
 
 # ---------------------------------------------------------------------- preferences
@@ -75,72 +76,6 @@ def draw_engine_status(layout):
 
 
 # ---------------------------------------------------------------------- properties
-def _param_update(self, context):
-    editing.on_parameter_changed(self.id_data)
-
-
-def _is_avatar_poll(self, obj):
-    return avatar_mod.is_avatar(obj) and obj != self.id_data
-
-
-class FastAvatarEdit(bpy.types.PropertyGroup):
-    """One attribute-direction slider of an avatar (``name`` = the direction's name)."""
-
-    amount: FloatProperty(name="Amount", default=0.0, soft_min=-2.0, soft_max=2.0, update=_param_update,
-                          description="How far to move the avatar's code along this direction (code units)")
-
-
-class FastAvatarObjectProps(bpy.types.PropertyGroup):
-    is_avatar: BoolProperty(name="Is Avatar", default=False)
-    edits: CollectionProperty(type=FastAvatarEdit)
-    blend_a: PointerProperty(name="Blend A", type=bpy.types.Object, poll=_is_avatar_poll,
-                             description="First input of a blended avatar (mix 0)")
-    blend_b: PointerProperty(name="Blend B", type=bpy.types.Object, poll=_is_avatar_poll,
-                             description="Second input of a blended avatar (mix 1)")
-    mix: FloatProperty(name="Mix", default=0.5, min=0.0, max=1.0, update=_param_update,
-                       description="Blend factor: 0 = Blend A, 1 = Blend B (keyframable)")
-    label: EnumProperty(name="Attribute", default="NONE",
-                        description="Whether this avatar has the attribute being trained (Train Direction)",
-                        items=[("NONE", "Unlabelled", "Not used for training"),
-                               ("HAS", "Has", "Has the attribute"), ("LACKS", "Lacks", "Lacks the attribute")])
-    model_id: StringProperty(name="Model", description="Model the avatar's code belongs to")
-    photo: StringProperty(name="Photo", subtype="FILE_PATH", description="Source photo")
-    face_index: IntProperty(name="Face Index", default=-1)
-    refined_steps: IntProperty(name="Refined Steps", default=0)
-    camera_json: StringProperty(name="Camera", description="Estimated photo camera (JSON, head frame)")
-
-
-#: Generate Avatar's default likeness fit, the engine's ``generate.DEFAULT_FIT_STEPS`` (the add-on
-#: does not import the engine; a test checks the two agree)
-FIT_STEPS_DEFAULT = 40
-
-
-class FastAvatarSceneProps(bpy.types.PropertyGroup):
-    photo_path: StringProperty(name="Photo", subtype="FILE_PATH", description="Face photo to turn into an avatar")
-    image: PointerProperty(name="Image", type=bpy.types.Image,
-                           description="Use this image datablock instead of the file path")
-    face_index: IntProperty(name="Face", default=-1, min=-1, soft_max=16,
-                            description="Which face when there are several (-1: the largest)")
-    fit_steps: IntProperty(name="Likeness Fit", default=FIT_STEPS_DEFAULT, min=0, soft_max=300,
-                           description="Steps Generate Avatar fits the avatar to the photo (hair outline, colours, "
-                                       "proportions; ~10 s on a 2-core CPU). 0: the bare feed-forward avatar")
-    status: StringProperty(name="Status")
-    progress: FloatProperty(name="Progress", default=-1.0, description="Fraction done of the running job (-1: none)")
-    refine_steps: IntProperty(name="Steps", default=300, min=1, soft_max=2000,
-                              description="Refinement steps (the paper's full refinement: 300)")
-    preview_every: IntProperty(name="Preview Every", default=50, min=0, soft_max=500,
-                               description="Show the refining avatar every N steps (0: only at the end)")
-    direction_name: StringProperty(name="Name", default="attribute",
-                                   description="Name of the direction to train")
-    direction: EnumProperty(name="Direction", items=lambda self, context: direction_items(context),
-                            description="Direction from the library (the active avatar's model only)")
-    photos_dir: StringProperty(name="Photos", subtype="DIR_PATH",
-                               description="Folder of face photos to build an expression direction from")
-    measure: EnumProperty(name="Measure", default="mouth_open",
-                          items=[("mouth_open", "Mouth Open", "Inner-lip gap / face height, from landmarks"),
-                                 ("smile", "Smile", "Mouth width / eye-corner distance, from landmarks")],
-                          description="Expression computed from each photo's landmarks; photos above the "
-                                      "median are labelled as having it")
 
 
 # ---------------------------------------------------------------------- photo source

@@ -176,12 +176,12 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
     obj = bpy.context.active_object
     row = {"photo": str(photo), "object": obj.name, "splats": len(obj.data.vertices),
            "generate_s": round(time.perf_counter() - t, 3)}
-    addon = sys.modules[type(scene.fastavatar).__module__]  # the add-on package, however it was loaded
+    addon = sys.modules[type(scene.fastavatar).__module__.rpartition(".")[0]]  # the add-on package, however it was loaded
     obj = apply_edits(bpy.context, scene, obj, args, addon, row)
     frame_camera(scene, obj, args.resolution)
     setup_cycles(scene, args.samples)
     if args.ply:
-        g = addon.avatar_mod.read_gaussians(obj.data)
+        g = addon.avatar.read_gaussians(obj.data)
         row["ply"] = str(write_ply(out_dir / f"{name}.ply", g))
     blend = out_dir / f"{name}.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
