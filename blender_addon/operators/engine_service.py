@@ -1,0 +1,121 @@
+"""The engine process from Blender: *Install Engine* (a virtual environment with the bundled
+engine wheel and the pinned CPU torch) and *Stop Engine*."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+
+from .. import engine
+
+#: The extension's folder (the bundled wheels and constraints.txt live there).
+ADDON_DIR = Path(__file__).parent.parent
+
+
+INSTALL: dict = {}
+
+
+def install_commands(venv: Path, wheel: Path, constraints: Path | None, python: str | None = None) -> list[list[str]]:
+    """The commands Install Engine runs: create ``venv``, install the CPU torch pin first, then the
+    bundled engine wheel with its engine and face extras (CUDA users add gsplat themselves)."""
+    vpy = str(engine.venv_python(venv))
+    pin = ["-c", str(constraints)] if constraints is not None and constraints.is_file() else []
+    return [
+        [python or sys.executable, "-m", "venv", str(venv)],
+        [vpy, "-m", "pip", "install", "--upgrade", "pip"],
+        [vpy, "-m", "pip", "install", "torch==2.13.0"],
+        [vpy, "-m", "pip", "install", *pin, f"{wheel}[engine,face]"],
+    ]
+
+
+def bundled_wheel() -> Path:
+    here = ADDON_DIR
+    wheels = sorted((here / "wheels").glob("fastavatar-*.whl"))
+    if not wheels:
+        raise FileNotFoundError(f"no fastavatar wheel in {here / 'wheels'} (rebuild the add-on with build_addon.py)")
+    return wheels[-1]
+
+
+def run_install(commands, progress, cancelled) -> None:
+    """Run the install commands one by one, reporting each output line; raises on failure."""
+    for i, cmd in enumerate(commands):
+        progress(f"[{i + 1}/{len(commands)}] {' '.join(Path(c).name if j == 0 else c for j, c in enumerate(cmd))[:70]}",
+                 i / len(commands))
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail = []
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-20:]
+            progress(f"[{i + 1}/{len(commands)}] {line.strip()[:70]}", None)
+            if cancelled():
+                proc.kill()
+                raise RuntimeError("engine installation cancelled")
+        if proc.wait() != 0:
+            raise RuntimeError(f"'{' '.join(cmd)}' failed:\n" + "\n".join(tail))
+    progress("Engine installed", 1.0)
+
+
+class FASTAVATAR_OT_install_engine(bpy.types.Operator):
+    """Create a virtual environment for the FastAvatar engine and install it from the bundled wheel (downloads PyTorch from PyPI)"""
+
+    bl_idname = "fastavatar.install_engine"
+    bl_label = "Install Engine"
+
+    _timer = None
+
+    def execute(self, context):
+        venv = engine.managed_venv_dir()
+        if venv is None:
+            self.report({"ERROR"}, "Install Engine needs the add-on installed as an extension; set Engine Python instead")
+            return {"CANCELLED"}
+        try:
+            cmds = install_commands(venv, bundled_wheel(), ADDON_DIR / "constraints.txt")
+        except FileNotFoundError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        job = engine.Job(lambda progress, cancelled: run_install(cmds, progress, cancelled))
+        INSTALL["job"] = job
+        if bpy.app.background:
+            job.run_sync()
+            return self._done(context, job)
+        job.start()
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.2, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def _done(self, context, job):
+        if job.error is not None:
+            self.report({"ERROR"}, f"Engine installation failed: {job.error}")
+            return {"CANCELLED"}
+        engine.stop_engine()
+        self.report({"INFO"}, "FastAvatar engine installed")
+        return {"FINISHED"}
+
+    def modal(self, context, event):
+        job = INSTALL["job"]
+        if event.type == "ESC":
+            job.cancel()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        if not job.done:
+            context.workspace.status_text_set(f"Installing FastAvatar engine: {job.status}")
+            for area in context.screen.areas:
+                area.tag_redraw()
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.workspace.status_text_set(None)
+        return self._done(context, job)
+
+
+class FASTAVATAR_OT_stop_engine(bpy.types.Operator):
+    """Stop the engine process (it starts again on the next request)"""
+
+    bl_idname = "fastavatar.stop_engine"
+    bl_label = "Stop Engine"
+
+    def execute(self, context):
+        engine.stop_engine()
+        return {"FINISHED"}
