@@ -342,7 +342,7 @@ def main():
             result["fit_op"] = run_generate(type(scene.fastavatar).bl_rna.properties["fit_steps"].default)
             result["fit_s"] = time.perf_counter() - t
             fitted = bpy.context.active_object
-            result["fit_default"] = _addon.FIT_STEPS_DEFAULT
+            result["fit_default"] = _addon.properties.FIT_STEPS_DEFAULT
             result["fit_object"] = dump_object(fitted, out, "fitted") | {
                 "refined_steps": fitted.fastavatar.refined_steps,
                 "residual": _editing.get_residual(fitted.data) is not None,
