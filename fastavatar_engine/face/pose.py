@@ -51,7 +51,7 @@ import numpy as np
 
 from ..cameras import c2w_from_viewmat, intrinsics, viewmat_from_c2w
 from ._deps import require
-from .detect import Face, FaceError
+from .types import Face, FaceError
 from .landmarks import IRIS_LANDMARKS, NUM_LANDMARKS
 
 #: Default template shipped with the package.
