@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .render import render
+from .render import GaussianTensors, render
 from .train.data import load_views
 from .train.losses import l1, psnr, ssim
 
@@ -169,7 +169,7 @@ def evaluate_subject(data_dir, subject: str, input_view=FRONTAL_CAMERA, refine_s
     t = time.perf_counter()
     avatar = gen.generate(photos[0]) if len(photos) == 1 else gen.generate_multi(photos)
     ff_time = time.perf_counter() - t
-    feed_forward = avatar.gaussians.to_torch()
+    feed_forward = GaussianTensors.from_numpy(avatar.gaussians)
     result = {
         "subject": subject, "input_view": inputs[0] if len(inputs) == 1 else inputs, "model_id": gen.model.model_id,
         "image_scale": image_scale, "evaluated_cameras": [v.camera_index for v in others],
@@ -188,7 +188,7 @@ def evaluate_subject(data_dir, subject: str, input_view=FRONTAL_CAMERA, refine_s
             t = time.perf_counter()
             gen.refine(av, photos[0], refine_steps, progress=progress, mode=refine_mode,
                        geometry_anchor=geometry_anchor, precision=precision, **kw)
-            g = av.gaussians.to_torch()
+            g = GaussianTensors.from_numpy(av.gaussians)
             result[key] = _metrics(g, others) | (photo_only(g) if photo_path else {}) | {
                 "time_s": round(time.perf_counter() - t, 1), "steps": refine_steps, "mode": av.refine_mode,
                 "loss_first": round(av.refine_losses[0], 5), "loss_last": round(av.refine_losses[-1], 5),

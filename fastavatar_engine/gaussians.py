@@ -194,11 +194,6 @@ class GaussianSet:
         out.extra = copy.deepcopy(self.extra)
         return out
 
-    def to_torch(self, device="cpu", dtype=None, requires_grad: bool = False):
-        """Convert to :class:`fastavatar_engine.render.GaussianTensors` (imports torch lazily)."""
-        from .render.types import GaussianTensors
-
-        return GaussianTensors.from_numpy(self, device=device, dtype=dtype, requires_grad=requires_grad)
 
 
 #: Columns of the packed layout: positions, then the INRIA PLY's per-splat properties in file order

@@ -137,7 +137,7 @@ def test_generate_avatar_fits_the_photo_by_default(generated, photos):
             c2w, K = est.c2w, est.K
         else:
             c2w, K = np.array(cam["c2w_opengl"]), np.array(cam["K"])
-        rgb, _ = render(g.to_torch(), c2w, K, photo.shape[1], photo.shape[0])
+        rgb, _ = render(g, c2w, K, photo.shape[1], photo.shape[0])
         errors[tag] = float(((rgb - target).abs().mean(-1) * mask).sum() / mask.sum())
     assert errors["fitted"] < 0.8 * errors["generated"], errors
     assert ff_cam["name"] != fit["name"]
