@@ -32,16 +32,24 @@ _CLASSES = (FASTAVATAR_AP_preferences, FastAvatarEdit, FastAvatarObjectProps, Fa
             *operators.CLASSES, FASTAVATAR_PT_main)
 
 
+#: Whether :func:`register` ran without a matching :func:`unregister` (both may be called twice:
+#: Blender as a Python module 5.x disables add-ons at exit itself, after our atexit handler).
+_registered = False
+
+
 def _unregister_at_exit():
-    # Blender as a Python module (bpy from PyPI) hangs at interpreter exit while Python classes
+    # Blender as a Python module (bpy from PyPI) 4.x hangs at interpreter exit while Python classes
     # are still registered; unregister first. (The Blender program disables add-ons itself.)
-    if hasattr(bpy.types.Scene, "fastavatar"):
-        unregister()
+    unregister()
 
 
 def register():
     import atexit
 
+    global _registered
+    if _registered:
+        return
+    _registered = True
     for cls in _CLASSES:
         bpy.utils.register_class(cls)
     if not bpy.app.binary_path:
@@ -54,6 +62,10 @@ def register():
 
 
 def unregister():
+    global _registered
+    if not _registered:
+        return
+    _registered = False
     bpy.types.TOPBAR_MT_file_export.remove(operators.export_menu)
     editing.unregister_handlers()
     engine.stop_engine()

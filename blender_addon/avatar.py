@@ -227,7 +227,8 @@ def splat_material():
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL)
-    mat.use_nodes = True
+    if mat.node_tree is None:  # Blender < 5.0; from 5.0 every material has nodes (use_nodes is deprecated)
+        mat.use_nodes = True
     for attr, value in (("blend_method", "BLEND"), ("surface_render_method", "BLENDED"),
                         ("use_transparency_overlap", True), ("show_transparent_back", True)):
         if hasattr(mat, attr):

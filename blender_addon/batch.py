@@ -150,7 +150,8 @@ def setup_cycles(scene, samples: int):
     scene.cycles.max_bounces = 256
     if scene.world is None:
         scene.world = bpy.data.worlds.new("World")
-    scene.world.use_nodes = True
+    if scene.world.node_tree is None:  # Blender < 5.0; from 5.0 every world has nodes (use_nodes is deprecated)
+        scene.world.use_nodes = True
     bg = scene.world.node_tree.nodes.get("Background")
     bg.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
     bg.inputs["Strength"].default_value = 1.0

@@ -45,6 +45,7 @@ def test_register_and_unregister_cleanly(tmp_path):
     r = run_driver("register", tmp_path)
     assert r["operators"] == [True, True, True] and r["panel"]
     assert r["after_unregister"] == [False, False]
+    assert r["registered_twice"] == [True, True, 1]  # a second unregister/register is a no-op
 
 
 @pytest.fixture(scope="module")

@@ -322,7 +322,12 @@ def main():
             result["panel"] = hasattr(bpy.types, "FASTAVATAR_PT_main")
             blender_addon.unregister()
             result["after_unregister"] = [hasattr(bpy.types, "FASTAVATAR_PT_main"), hasattr(bpy.types.Scene, "fastavatar")]
+            blender_addon.unregister()  # Blender 5.x's module disables add-ons at exit after our atexit handler
             blender_addon.register()
+            blender_addon.register()
+            result["registered_twice"] = [hasattr(bpy.types, "FASTAVATAR_PT_main"), hasattr(bpy.types.Scene, "fastavatar"),
+                                          bpy.types.TOPBAR_MT_file_export._dyn_ui_initialize().count(
+                                              blender_addon.operators.export_menu)]
         elif scenario == "generate":
             photo, bad_photo = args
             scene.cursor.location = (1.0, 2.0, 3.0)
