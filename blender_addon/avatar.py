@@ -1,17 +1,30 @@
-"""Avatar objects: Gaussians as a vertices-only mesh with INRIA-named point attributes.
+"""Avatar objects: the engine's Gaussians as Blender data, exactly, in the engine's frame.
 
-The mesh holds the engine's arrays exactly, in the engine's frame (FLAME head frame: y up,
-metres, face towards +z): vertex positions = ``means``; float POINT attributes ``f_dc_0..2``,
-``f_rest_0..44`` (channel-major, as in the INRIA PLY), ``opacity`` (logit), ``scale_0..2``
-(log std-dev, metres) and ``rot_0..3`` (quaternion w,x,y,z, as predicted, not normalised).
-The *object* transform turns y-up into Blender's z-up: rotation +90 deg about X, which maps
+Two representations, chosen by a capability check (:func:`native_splats`, not a version compare):
+
+* **Blender >= 5.3: a Gaussian-splat point cloud** (``PointCloud.type == 'GAUSSIAN_SPLAT'``),
+  which EEVEE and Cycles render as Gaussians. Blender's own attributes, in the mapping its INRIA
+  PLY importer uses (``io/ply/importer/ply_import_gsplat.cc``; checked against ``wm.ply_import``
+  of our PLY in the tests): ``position`` = means; ``radiance:base`` (FLOAT4) = (f_dc_0, f_dc_1,
+  f_dc_2, sigmoid(opacity)) -- the SH DC *coefficients*, not colours; ``scale`` = exp(log-scale)
+  (std-dev, metres); ``rotation`` (QUATERNION, w x y z) = the normalised quaternion;
+  ``radiance:sh_k`` (k = 0..14, FLOAT_VECTOR) = SH coefficient k+1 for R, G, B
+  (= f_rest_k, f_rest_{15+k}, f_rest_{30+k}). Beside them the add-on keeps what those lose:
+  ``opacity`` (logit), ``scale_0..2`` (log) and ``rot_0..3`` (the quaternion as predicted), so
+  :func:`read_packed` returns the engine's arrays bit for bit.
+* **Blender 4.2-5.2: a vertices-only mesh** with INRIA-named float POINT attributes: vertex
+  positions = ``means``; ``f_dc_0..2``, ``f_rest_0..44`` (channel-major, as in the INRIA PLY),
+  ``opacity`` (logit), ``scale_0..2`` (log std-dev, metres) and ``rot_0..3`` (w, x, y, z, not
+  normalised). A geometry-nodes modifier displays it: an ico sphere per splat, rotated by
+  ``rot`` (normalised by the node), scaled by ``splat_scale`` x exp(scale) (a 2-sigma
+  ellipsoid by default), with ``fa_color`` = clamp(0.5 + C0 f_dc) and ``fa_alpha`` =
+  sigmoid(opacity) on the points, which the instances inherit; the material (emission mixed
+  with transparency, fading towards the silhouette) reads them as instancer attributes.
+
+Everything else (edits, residuals, export) goes through :func:`write_packed` /
+:func:`read_packed` and the float-attribute helpers, one code path for both. The *object*
+transform turns y-up into Blender's z-up: rotation +90 deg about X, which maps
 (x, y, z) -> (x, -z, y) (= ``fastavatar_engine.cameras.YUP_TO_BLENDER``), placed at the 3D cursor.
-
-Display: a geometry-nodes modifier instances an ico sphere per splat, rotated by ``rot``
-(normalised by the node), scaled by ``splat_scale`` x exp(scale) (a 2-sigma ellipsoid by default),
-and stores ``fa_color`` = clamp(0.5 + C0 f_dc) and ``fa_alpha`` = sigmoid(opacity) on the points,
-which the instances inherit; the material (emission mixed with transparency, fading towards
-the silhouette) reads them as instancer attributes. Renders in EEVEE and Cycles.
 
 The avatar's code w (float64 ID-property array, exact for float32 codes), model id, source photo
 and bookkeeping live on the object (``obj["fastavatar_code"]``, ``obj.fastavatar``), so a saved
@@ -33,6 +46,71 @@ NODE_GROUP = "FastAvatar Splats"
 MATERIAL = "FastAvatar Splat"
 
 
+#: What the point cloud keeps beside Blender's own splat attributes (those lose the logit, the
+#: log and the quaternion's length).
+OWN_COLUMNS = ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+#: Blender's splat attributes: name -> (data type, foreach key).
+NATIVE_ATTRIBUTES = {"position": ("FLOAT_VECTOR", "vector"), "radiance:base": ("FLOAT4", "vector"),
+                     "scale": ("FLOAT_VECTOR", "vector"), "rotation": ("QUATERNION", "value"),
+                     **{f"radiance:sh_{k}": ("FLOAT_VECTOR", "vector") for k in range(15)}}
+_COL = {name: i for i, name in enumerate(PACKED_COLUMNS)}
+
+
+def native_splats() -> bool:
+    """Whether this Blender has Gaussian-splat point clouds (``PointCloud.type`` offers
+    'GAUSSIAN_SPLAT', Blender >= 5.3): avatars are then created as such."""
+    pc = getattr(bpy.types, "PointCloud", None)
+    prop = pc.bl_rna.properties.get("type") if pc is not None else None
+    return prop is not None and "GAUSSIAN_SPLAT" in prop.enum_items.keys()
+
+
+def is_splat_cloud(data) -> bool:
+    """Whether ``data`` (an object's data) is a point cloud (the native representation)."""
+    pc = getattr(bpy.types, "PointCloud", None)
+    return pc is not None and isinstance(data, pc)
+
+
+def splat_count(data) -> int:
+    """Number of splats in an avatar's data (point cloud points or mesh vertices)."""
+    return len(data.points) if is_splat_cloud(data) else len(data.vertices)
+
+
+def splat_positions(data) -> np.ndarray:
+    """[N, 3] float32 splat centres in the object's (engine) frame, metres."""
+    n = splat_count(data)
+    co = np.empty(n * 3, np.float32)
+    if is_splat_cloud(data):
+        data.attributes["position"].data.foreach_get("vector", co)
+    else:
+        data.vertices.foreach_get("co", co)
+    return co.reshape(n, 3)
+
+
+def _native_columns(p: np.ndarray) -> dict[str, np.ndarray]:
+    """Blender's splat attributes (name -> [N, k] float32) from packed Gaussians [N, 59]."""
+    f64 = p.astype(np.float64)
+    alpha = 1.0 / (1.0 + np.exp(-f64[:, _COL["opacity"]]))
+    q = f64[:, _COL["rot_0"]:_COL["rot_0"] + 4]
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    rest = _COL["f_rest_0"]
+    out = {"position": p[:, :3],
+           "radiance:base": np.concatenate([p[:, _COL["f_dc_0"]:_COL["f_dc_0"] + 3], alpha[:, None]], 1),
+           "scale": np.exp(f64[:, _COL["scale_0"]:_COL["scale_0"] + 3]),
+           "rotation": q}
+    for k in range(15):
+        out[f"radiance:sh_{k}"] = p[:, [rest + k, rest + 15 + k, rest + 30 + k]]
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
+
+
+def _attribute(data, name: str, data_type: str):
+    attr = data.attributes.get(name)
+    if attr is None or attr.data_type != data_type or attr.domain != "POINT":
+        if attr is not None and name != "position":
+            data.attributes.remove(attr)
+        attr = data.attributes.new(name, data_type, "POINT")
+    return attr
+
+
 def inria_attribute_names() -> list[str]:
     """The per-splat float attribute names, in INRIA PLY order (positions are the vertices):
     :data:`fastavatar_engine.gaussians.PACKED_COLUMNS` after x, y, z."""
@@ -44,21 +122,17 @@ def write_float_attributes(mesh, names, values: np.ndarray) -> None:
     (N = its vertex count), creating or retyping them as needed. Raises ValueError for a shape
     mismatch."""
     v = np.asarray(values, np.float32)
-    if v.shape != (len(mesh.vertices), len(names)):
-        raise ValueError(f"expected [{len(mesh.vertices)}, {len(names)}] values, got {list(v.shape)}")
+    n = splat_count(mesh)
+    if v.shape != (n, len(names)):
+        raise ValueError(f"expected [{n}, {len(names)}] values, got {list(v.shape)}")
     for i, name in enumerate(names):
-        attr = mesh.attributes.get(name)
-        if attr is None or attr.data_type != "FLOAT" or attr.domain != "POINT":
-            if attr is not None:
-                mesh.attributes.remove(attr)
-            attr = mesh.attributes.new(name, "FLOAT", "POINT")
-        attr.data.foreach_set("value", np.ascontiguousarray(v[:, i]))
+        _attribute(mesh, name, "FLOAT").data.foreach_set("value", np.ascontiguousarray(v[:, i]))
 
 
 def read_float_attributes(mesh, names) -> np.ndarray:
     """[N, len(names)] float32: the float POINT attributes ``names`` of ``mesh``. Raises
     KeyError naming a missing attribute."""
-    out = np.empty((len(names), len(mesh.vertices)), np.float32)
+    out = np.empty((len(names), splat_count(mesh)), np.float32)
     for i, name in enumerate(names):
         attr = mesh.attributes.get(name)
         if attr is None:
@@ -68,13 +142,24 @@ def read_float_attributes(mesh, names) -> np.ndarray:
 
 
 def write_packed(mesh, packed: np.ndarray) -> None:
-    """Resize ``mesh`` to N vertices (vertices only) and write packed Gaussians [N, 59] float32
-    (:data:`~fastavatar_engine.gaussians.PACKED_COLUMNS`, engine frame): columns 0-2 become the
-    vertex positions, the rest the INRIA-named attributes. Raises ValueError for another shape."""
+    """Resize the avatar's data ``mesh`` (a mesh or a splat point cloud) to N splats and write
+    packed Gaussians [N, 59] float32 (:data:`~fastavatar_engine.gaussians.PACKED_COLUMNS`, engine
+    frame). A mesh gets vertex positions and the INRIA-named attributes (vertices only); a point
+    cloud Blender's splat attributes plus :data:`OWN_COLUMNS` (module docstring). Raises
+    ValueError for another shape."""
     p = np.asarray(packed, np.float32)
     if p.ndim != 2 or p.shape[1] != len(PACKED_COLUMNS):
         raise ValueError(f"packed Gaussians must be [N, {len(PACKED_COLUMNS)}], got {list(p.shape)}")
     n = len(p)
+    if is_splat_cloud(mesh):
+        if len(mesh.points) != n:
+            mesh.resize(n)
+        for name, values in _native_columns(p).items():
+            data_type, key = NATIVE_ATTRIBUTES[name]
+            _attribute(mesh, name, data_type).data.foreach_set(key, values.ravel())
+        write_float_attributes(mesh, OWN_COLUMNS, p[:, [_COL[c] for c in OWN_COLUMNS]])
+        mesh.update_tag()
+        return
     if len(mesh.vertices) != n or len(mesh.edges) or len(mesh.polygons):
         mesh.clear_geometry()
         mesh.vertices.add(n)
@@ -86,10 +171,26 @@ def write_packed(mesh, packed: np.ndarray) -> None:
 def read_packed(mesh) -> np.ndarray:
     """[N, 59] float32: the mesh's Gaussians in the packed layout (inverse of :func:`write_packed`).
     Raises KeyError naming a missing attribute."""
-    n = len(mesh.vertices)
-    co = np.empty(n * 3, np.float32)
-    mesh.vertices.foreach_get("co", co)
-    return np.concatenate([co.reshape(n, 3), read_float_attributes(mesh, PACKED_COLUMNS[3:])], 1)
+    if not is_splat_cloud(mesh):
+        return np.concatenate([splat_positions(mesh), read_float_attributes(mesh, PACKED_COLUMNS[3:])], 1)
+    n = len(mesh.points)
+    native = {}
+    for name in ("radiance:base", *(f"radiance:sh_{k}" for k in range(15))):
+        attr = mesh.attributes.get(name)
+        if attr is None:
+            raise KeyError(f"point cloud {mesh.name!r} has no attribute {name!r}: not a FastAvatar avatar")
+        width = 4 if name == "radiance:base" else 3
+        buf = np.empty(n * width, np.float32)
+        attr.data.foreach_get(NATIVE_ATTRIBUTES[name][1], buf)
+        native[name] = buf.reshape(n, width)
+    p = np.empty((n, len(PACKED_COLUMNS)), np.float32)
+    p[:, :3] = splat_positions(mesh)
+    p[:, _COL["f_dc_0"]:_COL["f_dc_0"] + 3] = native["radiance:base"][:, :3]
+    rest = _COL["f_rest_0"]
+    for k in range(15):
+        p[:, [rest + k, rest + 15 + k, rest + 30 + k]] = native[f"radiance:sh_{k}"]
+    p[:, [_COL[c] for c in OWN_COLUMNS]] = read_float_attributes(mesh, OWN_COLUMNS)
+    return p
 
 
 def write_gaussians(mesh, g) -> None:
@@ -278,8 +379,8 @@ def splat_material():
 
 # ---------------------------------------------------------------------- objects
 def is_avatar(obj) -> bool:
-    """Whether ``obj`` is a FastAvatar avatar (a mesh object carrying a code)."""
-    return obj is not None and obj.type == "MESH" and CODE_KEY in obj
+    """Whether ``obj`` is a FastAvatar avatar (a mesh or point-cloud object carrying a code)."""
+    return obj is not None and obj.type in {"MESH", "POINTCLOUD"} and CODE_KEY in obj
 
 
 def get_code(obj) -> np.ndarray:
@@ -293,20 +394,28 @@ def create_avatar_object(context, g, code, *, name: str = "Avatar", model_id: st
     """Create and link the avatar object in the active collection; returns it.
 
     ``g``: GaussianSet (engine frame); ``code``: [D] float32; ``location``: world position
-    (default: the 3D cursor). The object is rotated +90 deg about X (y-up -> z-up). Raises
+    (default: the 3D cursor). A Gaussian-splat point cloud where Blender has them
+    (:func:`native_splats`), else a vertices-only mesh with the display modifier. The object is
+    rotated +90 deg about X (y-up -> z-up). Raises
     ``GaussianValidationError`` (a ValueError) for inconsistent arrays, before anything is created."""
     g.validate()
-    mesh = bpy.data.meshes.new(name)
-    write_gaussians(mesh, g)
-    obj = bpy.data.objects.new(name, mesh)
+    native = native_splats()
+    if native:
+        data = bpy.data.pointclouds.new(name)
+        data.type = "GAUSSIAN_SPLAT"
+    else:
+        data = bpy.data.meshes.new(name)
+    write_gaussians(data, g)
+    obj = bpy.data.objects.new(name, data)
     obj.rotation_mode = "XYZ"
     obj.rotation_euler = (math.pi / 2, 0.0, 0.0)
     obj.location = context.scene.cursor.location.copy() if location is None else location
     (context.collection or context.scene.collection).objects.link(obj)
     set_avatar_metadata(obj, code, model_id=model_id, photo=photo, face_index=face_index, camera=camera,
                         refined_steps=refined_steps)
-    mod = obj.modifiers.new("FastAvatar Splats", "NODES")
-    mod.node_group = splat_node_group()
+    if not native:
+        mod = obj.modifiers.new("FastAvatar Splats", "NODES")
+        mod.node_group = splat_node_group()
     return obj
 
 

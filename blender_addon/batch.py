@@ -122,10 +122,8 @@ def frame_camera(scene, obj, resolution: int):
     import numpy as np
     from mathutils import Vector
 
-    n = len(obj.data.vertices)
-    co = np.empty(n * 3, np.float32)
-    obj.data.vertices.foreach_get("co", co)
-    centre = obj.matrix_world @ Vector(np.median(co.reshape(n, 3), axis=0).tolist())
+    addon = sys.modules[type(scene.fastavatar).__module__.rpartition(".")[0]]
+    centre = obj.matrix_world @ Vector(np.median(addon.avatar.splat_positions(obj.data), axis=0).tolist())
     cam_data = bpy.data.cameras.new("FastAvatar Camera")
     cam_data.lens_unit = "FOV"
     cam_data.angle = math.radians(25.0)
@@ -175,9 +173,10 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
     if result != {"FINISHED"}:
         raise RuntimeError(scene.fastavatar.status or "Generate Avatar failed")
     obj = bpy.context.active_object
-    row = {"photo": str(photo), "object": obj.name, "splats": len(obj.data.vertices),
+    row = {"photo": str(photo), "object": obj.name, "splats": None,
            "generate_s": round(time.perf_counter() - t, 3)}
     addon = sys.modules[type(scene.fastavatar).__module__.rpartition(".")[0]]  # the add-on package, however it was loaded
+    row["splats"] = addon.avatar.splat_count(obj.data)
     obj = apply_edits(bpy.context, scene, obj, args, addon, row)
     frame_camera(scene, obj, args.resolution)
     setup_cycles(scene, args.samples)

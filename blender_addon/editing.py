@@ -209,8 +209,8 @@ def effective_state(obj, depth: int = 0) -> EditState:
     base = (np.float32(1) - t) * wa + t * wb
     res = mix_res = None
     if sa.residual is not None or sb.residual is not None:
-        n = len(a.data.vertices)
-        if n != len(b.data.vertices):
+        n = avatar_mod.splat_count(a.data)
+        if n != avatar_mod.splat_count(b.data):
             raise ValueError(f"{a.name} and {b.name} have different splat counts")
         ra = np.zeros((n, len(PACKED_COLUMNS)), np.float32) if sa.residual is None else sa.residual
         rb = np.zeros_like(ra) if sb.residual is None else sb.residual
@@ -488,7 +488,7 @@ def create_blend(context, a, b, mix: float = 0.5, name: str | None = None):
     if a.fastavatar.model_id != b.fastavatar.model_id:
         raise ValueError(f"{a.name} ({a.fastavatar.model_id}) and {b.name} ({b.fastavatar.model_id}) come from "
                          "different models; they cannot be blended")
-    if len(a.data.vertices) != len(b.data.vertices):
+    if avatar_mod.splat_count(a.data) != avatar_mod.splat_count(b.data):
         raise ValueError(f"{a.name} and {b.name} have different splat counts")
     g = avatar_mod.read_gaussians(a.data)
     loc = (a.location + b.location) / 2

@@ -66,7 +66,7 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
             return
         props = obj.fastavatar
         b = col.box()
-        b.label(text=f"{obj.name}: {len(obj.data.vertices)} splats", icon="OUTLINER_OB_POINTCLOUD")
+        b.label(text=f"{obj.name}: {avatar_mod.splat_count(obj.data)} splats", icon="OUTLINER_OB_POINTCLOUD")
         b.label(text=f"Model: {props.model_id}")
         if editing.is_blend(obj):
             b.label(text=f"Blend: {props.blend_a.name} -> {props.blend_b.name}")

@@ -39,3 +39,57 @@ def astronaut_png(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("photo") / "astronaut.png"
     Image.fromarray(skimage_data.astronaut()).save(path)
     return path
+
+
+# --------------------------------------------------------------------------- Blender lines
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bpy_version(python: str) -> str | None:
+    import subprocess
+
+    try:
+        r = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('bpy'))"],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
+
+
+def blender_lines() -> list[tuple[str, str]]:
+    """(``bpy-<version>``, interpreter) for each Blender-as-a-Python-module the add-on tests run
+    under: this interpreter when it has bpy (the mesh line, bpy 4.5 beside torch), then each
+    interpreter in ``$FASTAVATAR_BLENDER_PYTHONS`` (``os.pathsep``-separated), else
+    ``.venv-bpy53/bin/python`` when that venv exists (bpy 5.3 on Python 3.13, which `.ci/run`
+    builds). The engine always runs in this interpreter's environment (torch)."""
+    import importlib.util
+    import os
+    import sys
+
+    found = []
+    if importlib.util.find_spec("bpy") is not None:
+        found.append(sys.executable)
+    extra = os.environ.get("FASTAVATAR_BLENDER_PYTHONS")
+    if extra is not None:
+        found += [p for p in extra.split(os.pathsep) if p]
+    elif (ROOT / ".venv-bpy53" / "bin" / "python").is_file():
+        found.append(str(ROOT / ".venv-bpy53" / "bin" / "python"))
+    out = []
+    for python in found:
+        version = _bpy_version(python)
+        if version is not None and all(v != f"bpy-{version}" for v, _ in out):
+            out.append((f"bpy-{version}", python))
+    return out
+
+
+#: Computed once per session (each probe starts an interpreter).
+BLENDER_LINES = blender_lines()
+
+
+@pytest.fixture(scope="session", params=[p for _, p in BLENDER_LINES] or [None],
+                ids=[v for v, _ in BLENDER_LINES] or ["no-bpy"])
+def blender_python(request) -> str:
+    """The interpreter of one Blender line (tests using it run once per line, see :func:`blender_lines`)."""
+    if request.param is None:
+        pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*, or a .venv-bpy53 with bpy 5.3)")
+    return request.param

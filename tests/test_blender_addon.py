@@ -1,6 +1,7 @@
-"""The Blender extension with Blender as a Python module (bpy 4.5), driven in subprocesses
-(tests/blender/driver.py) against a real engine subprocess; checked here with numpy, torch and
-the engine's own model, independently of the add-on's code."""
+"""The Blender extension with Blender as a Python module, driven in subprocesses
+(tests/blender/driver.py) against a real engine subprocess, once per Blender line
+(:func:`conftest.blender_lines`: bpy 4.5 beside torch, bpy 5.3 on Python 3.13); checked here with
+numpy, torch and the engine's own model, independently of the add-on's code."""
 
 import importlib.util
 import json
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if importlib.util.find_spec("bpy") is None:  # not imported here: bpy runs in the driver subprocesses only
+from conftest import BLENDER_LINES  # noqa: E402
+
+if not BLENDER_LINES:  # not imported here: bpy runs in the driver subprocesses only
     pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*)", allow_module_level=True)
 pytest.importorskip("mediapipe")
 skimage_data = pytest.importorskip("skimage.data")
@@ -26,8 +29,12 @@ DRIVER = ROOT / "tests" / "blender" / "driver.py"
 SH_C0 = 0.28209479177387814
 
 
-def run_driver(scenario, out: Path, *args, env=None, timeout=600):
-    proc = subprocess.run([sys.executable, str(DRIVER), scenario, str(out), *map(str, args)], capture_output=True,
+def run_driver(python, scenario, out: Path, *args, env=None, timeout=600):
+    """Run the driver's ``scenario`` under the Blender interpreter ``python``; the engine runs in
+    this (torch) interpreter unless ``env`` names another. Returns its result.json."""
+    env = dict(os.environ if env is None else env)
+    env.setdefault("FASTAVATAR_ENGINE_PYTHON", sys.executable)
+    proc = subprocess.run([python, str(DRIVER), scenario, str(out), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "result.json").read_text())
@@ -41,20 +48,26 @@ def photos(tmp_path_factory):
     return d
 
 
-def test_register_and_unregister_cleanly(tmp_path):
-    r = run_driver("register", tmp_path)
+def test_register_and_unregister_cleanly(blender_python, tmp_path):
+    r = run_driver(blender_python, "register", tmp_path)
     assert r["operators"] == [True, True, True] and r["panel"]
     assert r["after_unregister"] == [False, False]
     assert r["registered_twice"] == [True, True, 1]  # a second unregister/register is a no-op
 
 
 @pytest.fixture(scope="module")
-def generated(photos, tmp_path_factory):
+def generated(blender_python, photos, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
-    return out, run_driver("generate", out, photos / "astronaut.png", photos / "grey.png")
+    return out, run_driver(blender_python, "generate", out, photos / "astronaut.png", photos / "grey.png")
 
 
-def test_generate_avatar_attributes_equal_the_engine_arrays(generated, photos):
+def native_line(blender_python) -> bool:
+    """Whether this Blender line has Gaussian-splat point clouds (bpy >= 5.3)."""
+    version = next(v for v, p in BLENDER_LINES if p == blender_python)
+    return tuple(int(x) for x in version.removeprefix("bpy-").split(".")[:2]) >= (5, 3)
+
+
+def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, generated, photos):
     from fastavatar_engine.generate import AvatarGenerator
 
     out, r = generated
@@ -62,7 +75,11 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(generated, photos):
     obj = r["object"]
     assert obj["vertices"] == 10144 and obj["edges"] == 0 and obj["faces"] == 0  # vertices only
     assert obj["model_id"] == "fastavatar-default-v1" and obj["photo"].endswith("astronaut.png")
-    assert obj["modifiers"] == ["NODES"] and obj["node_group"] == "FastAvatar Splats" and obj["camera_json"]
+    assert obj["camera_json"]
+    if native_line(blender_python):  # Blender's own Gaussian splats, no display modifier
+        assert obj["type"] == "POINTCLOUD" and obj["data_type"] == "GAUSSIAN_SPLAT" and obj["modifiers"] == []
+    else:
+        assert obj["type"] == "MESH" and obj["modifiers"] == ["NODES"] and obj["node_group"] == "FastAvatar Splats"
     data = np.load(out / "generated.npz")
     # an independent engine run on the same photo
     with AvatarGenerator() as gen:
@@ -80,6 +97,18 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(generated, photos):
     m = data["matrix_world"]
     np.testing.assert_allclose(m[:3, 3], [1, 2, 3], atol=1e-6)
     np.testing.assert_allclose(m[:3, :3] @ np.array([0.3, 0.5, 0.7]), [0.3, -0.7, 0.5], atol=1e-6)
+    if native_line(blender_python):
+        # Blender's splat attributes hold what its own INRIA importer makes of the engine's PLY of the
+        # same Gaussians, and that is sigmoid(opacity), exp(log-scale), the unit quaternion
+        imp = np.load(out / "ply_import.npz")
+        assert r["ply_import"]["data_type"] == "GAUSSIAN_SPLAT" and r["ply_import"]["vertices"] == len(g)
+        for name in [k for k in imp.files if k.startswith("native:")]:
+            np.testing.assert_allclose(data[name], imp[name], rtol=1e-6, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(data["native:radiance:base"][:, 3], 1 / (1 + np.exp(-g.opacity_logits)), atol=1e-6)
+        np.testing.assert_allclose(data["native:scale"], np.exp(g.log_scales), rtol=1e-5)
+        q = g.rotations / np.linalg.norm(g.rotations, axis=1, keepdims=True)
+        np.testing.assert_allclose(data["native:rotation"], q, atol=1e-6)
+        return
     # the displayed splats: one instance per point at the point, scaled 2 * exp(log-scale), rotated by rot
     inst = np.load(out / "instances.npy")
     assert inst.shape == (10144, 4, 4)
@@ -160,16 +189,17 @@ def test_saved_blend_reopens_with_avatar_attributes_and_code(generated):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
-def test_missing_engine_says_so(photos, tmp_path):
-    r = run_driver("no_engine", tmp_path, photos / "astronaut.png")
+def test_missing_engine_says_so(blender_python, photos, tmp_path):
+    r = run_driver(blender_python, "no_engine", tmp_path, photos / "astronaut.png")
     assert r["op"][0] == ["CANCELLED"] and "does not exist" in r["status"] and r["objects"] == 0
 
 
-def test_headless_batch_continues_past_failures_and_renders(photos, tmp_path):
+def test_headless_batch_continues_past_failures_and_renders(blender_python, photos, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, str(ROOT / "blender_addon" / "batch.py"), str(photos), str(out),
+    proc = subprocess.run([blender_python, str(ROOT / "blender_addon" / "batch.py"), str(photos), str(out),
                            "--render", "--ply", "--samples", "4", "--resolution", "128"],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, FASTAVATAR_ENGINE_PYTHON=sys.executable))
     assert proc.returncode == 1, proc.stderr[-2000:]  # grey.png has no face
     summary = json.loads((out / "batch_summary.json").read_text())
     assert summary["photos"] == 2 and summary["succeeded"] == 1 and summary["failed"] == 1
@@ -185,7 +215,7 @@ def test_headless_batch_continues_past_failures_and_renders(photos, tmp_path):
     assert img[:8, :8].mean() > 240 and img[48:80, 48:80].mean() < 220
 
 
-def test_extension_zip_installs_and_enables(tmp_path):
+def test_extension_zip_installs_and_enables(blender_python, tmp_path):
     sys.path.insert(0, str(ROOT))
     import build_addon
 
@@ -204,7 +234,7 @@ for name in enabled:
     addon_utils.disable(name)
 print(json.dumps({{'enabled': enabled, 'ok': ok, 'protocol': p.PROTOCOL_VERSION, 'gone': not hasattr(bpy.types.Scene, 'fastavatar')}}))
 """
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+    proc = subprocess.run([blender_python, "-c", script], capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])

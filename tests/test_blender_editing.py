@@ -1,4 +1,4 @@
-"""Editing in Blender (bpy 4.5 in a driver subprocess, real engine): directions, keyframes,
+"""Editing in Blender (each Blender line in a driver subprocess, real engine): directions, keyframes,
 interpolation, refinement (cancel + residual storage), direction training, save/reload and
 append. Every number is checked here against an independent decode with the engine's model."""
 
@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if importlib.util.find_spec("bpy") is None:
+from conftest import BLENDER_LINES  # noqa: E402
+
+if not BLENDER_LINES:
     pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*)", allow_module_level=True)
 pytest.importorskip("mediapipe")
 torch = pytest.importorskip("torch")
@@ -29,7 +31,7 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def edited(model, astronaut_png, tmp_path_factory):
+def edited(blender_python, model, astronaut_png, tmp_path_factory):
     out = tmp_path_factory.mktemp("editing")
     rng = np.random.default_rng(1)
     save_direction(Direction("planted", model.model_id, rng.standard_normal(model.code_dim)), out / "dirs" / "planted.json")
@@ -37,7 +39,7 @@ def edited(model, astronaut_png, tmp_path_factory):
                    out / "other" / "foreign.json")
     hopper = out / "hopper.jpg"
     shutil.copy(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False), hopper)
-    run_driver("editing", out, astronaut_png, hopper, out / "other",
+    run_driver(blender_python, "editing", out, astronaut_png, hopper, out / "other",
                env=dict(os.environ, FASTAVATAR_DIRECTIONS_DIR=str(out / "dirs")))
     return out, json.loads((out / "editing.json").read_text()), dict(np.load(out / "editing.npz"))
 
@@ -129,7 +131,7 @@ def test_train_direction_operator_writes_a_library_file(edited, model):
     assert "cross-validated" in info["train_status"]
 
 
-def test_batch_renders_an_animation_of_a_latent_edit(edited, astronaut_png):
+def test_batch_renders_an_animation_of_a_latent_edit(blender_python, edited, astronaut_png):
     """Headless: blend with another face, a direction slider, the mix animated over 3 frames."""
     import subprocess
     import sys
@@ -139,10 +141,11 @@ def test_batch_renders_an_animation_of_a_latent_edit(edited, astronaut_png):
     out, _, _ = edited
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run(
-        [sys.executable, str(root / "blender_addon" / "batch.py"), str(astronaut_png), str(out / "anim"),
+        [blender_python, str(root / "blender_addon" / "batch.py"), str(astronaut_png), str(out / "anim"),
          "--name", "edit", "--fit", "2", "--refine", "2", "--blend-with", str(out / "hopper.jpg"), "--direction", f"{out / 'dirs' / 'planted.json'}=0.5",
          "--animate", "mix:0:1", "--frames", "3", "--render", "--resolution", "64", "--samples", "2"],
-        capture_output=True, text=True, timeout=600, cwd=out)
+        capture_output=True, text=True, timeout=600, cwd=out,
+        env=dict(os.environ, FASTAVATAR_ENGINE_PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((out / "anim" / "batch_summary.json").read_text())["results"][0]
     assert row["animation"] == {"property": "fastavatar.mix", "from": 0.0, "to": 1.0, "frames": 3}

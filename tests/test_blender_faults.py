@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("bpy") is None:
+from conftest import BLENDER_LINES  # noqa: E402
+
+if not BLENDER_LINES:
     pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*)", allow_module_level=True)
 pytest.importorskip("mediapipe")
 
@@ -23,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def fault_rows(astronaut_png, tmp_path_factory):
+def fault_rows(blender_python, astronaut_png, tmp_path_factory):
     out = tmp_path_factory.mktemp("faults")
     wrapper = out / "faulty-python"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "faults" / "fault_proxy.py"}" "$@"\n')
@@ -31,7 +33,7 @@ def fault_rows(astronaut_png, tmp_path_factory):
     save_direction(Direction("planted", "fastavatar-default-v1", np.random.default_rng(2).standard_normal(512)),
                    out / "planted.json")
     env = dict(os.environ, FASTAVATAR_ENGINE_PYTHON=str(wrapper), FASTAVATAR_REQUEST_TIMEOUT="15")
-    return run_driver("faults", out, astronaut_png, out / "planted.json", env=env, timeout=900)["rows"]
+    return run_driver(blender_python, "faults", out, astronaut_png, out / "planted.json", env=env, timeout=900)["rows"]
 
 
 @pytest.mark.parametrize("stage", ["generate", "decode", "refine"])

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("bpy") is None:
+from conftest import BLENDER_LINES  # noqa: E402
+
+if not BLENDER_LINES:
     pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*)", allow_module_level=True)
 skimage_data = pytest.importorskip("skimage.data")
 

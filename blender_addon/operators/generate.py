@@ -78,7 +78,7 @@ class FASTAVATAR_OT_generate(JobModal, bpy.types.Operator):
 
     def on_done(self, context, result):
         obj = apply_result(context, result, self._label, self._fi)
-        return f"Created {obj.name} ({len(obj.data.vertices)} splats)"
+        return f"Created {obj.name} ({avatar_mod.splat_count(obj.data)} splats)"
 
 
 class FASTAVATAR_OT_generate_multi(JobModal, bpy.types.Operator):

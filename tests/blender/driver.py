@@ -14,21 +14,45 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def dump_object(obj, out: Path, tag: str) -> dict:
+    """The avatar's stored arrays, read here with bpy alone (not the add-on's reader): a mesh's
+    vertices and INRIA-named attributes, or a splat point cloud's Blender attributes (saved as
+    ``native:<name>``) with the INRIA columns recovered from them by the inverse of the
+    documented mapping (f_dc from radiance:base, f_rest from radiance:sh_k; opacity, scale and rot
+    from the add-on's own columns)."""
     from blender_addon import avatar as avatar_mod
 
-    mesh = obj.data
-    n = len(mesh.vertices)
-    co = np.empty(n * 3, np.float32)
-    mesh.vertices.foreach_get("co", co)
-    arrays = {"co": co.reshape(n, 3)}
-    for name in avatar_mod.inria_attribute_names():
-        a = np.empty(n, np.float32)
-        mesh.attributes[name].data.foreach_get("value", a)
-        arrays[name] = a
-    arrays["code"] = np.asarray(obj["fastavatar_code"], np.float64)
+    data = obj.data
+    cloud = obj.type == "POINTCLOUD"
+    n = len(data.points) if cloud else len(data.vertices)
+    arrays = {}
+
+    def get(name, width, key):
+        a = np.empty(n * width, np.float32)
+        data.attributes[name].data.foreach_get(key, a)
+        return a.reshape(n, width) if width > 1 else a
+
+    if cloud:
+        for name, (_, key) in avatar_mod.NATIVE_ATTRIBUTES.items():
+            arrays[f"native:{name}"] = get(name, 4 if name in ("radiance:base", "rotation") else 3, key)
+        arrays["co"] = arrays["native:position"]
+        for c in range(3):
+            arrays[f"f_dc_{c}"] = arrays["native:radiance:base"][:, c]
+            for k in range(15):
+                arrays[f"f_rest_{15 * c + k}"] = arrays[f"native:radiance:sh_{k}"][:, c]
+        for name in avatar_mod.OWN_COLUMNS:
+            if name in data.attributes:  # absent on a point cloud Blender imported
+                arrays[name] = get(name, 1, "value")
+    else:
+        co = np.empty(n * 3, np.float32)
+        data.vertices.foreach_get("co", co)
+        arrays["co"] = co.reshape(n, 3)
+        for name in avatar_mod.inria_attribute_names():
+            arrays[name] = get(name, 1, "value")
+    arrays["code"] = np.asarray(obj.get("fastavatar_code", []), np.float64)
     arrays["matrix_world"] = np.array(obj.matrix_world, np.float64)
     np.savez(out / f"{tag}.npz", **arrays)
-    return {"name": obj.name, "vertices": n, "edges": len(mesh.edges), "faces": len(mesh.polygons),
+    return {"name": obj.name, "type": obj.type, "data_type": getattr(data, "type", None) if cloud else None,
+            "vertices": n, "edges": 0 if cloud else len(data.edges), "faces": 0 if cloud else len(data.polygons),
             "model_id": obj.fastavatar.model_id, "photo": obj.fastavatar.photo,
             "is_avatar": obj.fastavatar.is_avatar, "modifiers": [m.type for m in obj.modifiers],
             "node_group": obj.modifiers[0].node_group.name if obj.modifiers else None,
@@ -354,11 +378,21 @@ def main():
                 "camera": json.loads(fitted.fastavatar.camera_json)}
             bpy.data.objects.remove(fitted)
             bpy.context.view_layer.objects.active = obj
-            # evaluated display: one instance per splat
-            dg = bpy.context.evaluated_depsgraph_get()
-            mats = [np.array(i.matrix_world) for i in dg.object_instances
-                    if i.is_instance and i.parent and i.parent.original == obj]
-            np.save(out / "instances.npy", np.stack(mats))
+            if obj.type == "MESH":  # evaluated display: one instance per splat
+                dg = bpy.context.evaluated_depsgraph_get()
+                mats = [np.array(i.matrix_world) for i in dg.object_instances
+                        if i.is_instance and i.parent and i.parent.original == obj]
+                np.save(out / "instances.npy", np.stack(mats))
+            else:  # Blender's own INRIA PLY importer on the engine's PLY of the same Gaussians
+                from fastavatar_engine.ply import write_ply
+
+                write_ply(out / "generated.ply", _addon.avatar.read_gaussians(obj.data))
+                before = set(bpy.data.objects)
+                bpy.ops.wm.ply_import(filepath=str(out / "generated.ply"))
+                imported = next(o for o in bpy.data.objects if o not in before)
+                result["ply_import"] = dump_object(imported, out, "ply_import") | {"data_type": imported.data.type}
+                bpy.data.objects.remove(imported)
+                bpy.context.view_layer.objects.active = obj
             # a photo without a face: clear message, scene unchanged
             n_before = len(bpy.data.objects)
             scene.fastavatar.photo_path = bad_photo
