@@ -1,0 +1,154 @@
+"""Display fidelity: what Blender shows against what the engine renders, per Blender line and engine.
+
+    python benchmarks/bench_display.py                       # every Blender line found, Cycles and EEVEE
+    python benchmarks/bench_display.py --engines cycles --samples 64 --resolution 256
+    python benchmarks/bench_display.py --update-readme       # rewrite the README's display table
+
+The avatar is the default model's feed-forward avatar of the public-domain astronaut photo
+(``skimage.data.astronaut()``), written as an INRIA PLY. Each Blender line
+(:func:`conftest.blender_lines`: this interpreter when it has bpy, ``$FASTAVATAR_BLENDER_PYTHONS``
+or ``.venv-bpy53``) renders it with ``blender_display_render.py`` -- the add-on's own avatar
+object, the camera and scene of ``batch.py --render`` -- and the engine's rasteriser
+(:func:`fastavatar_engine.render.render`, white background) renders the same Gaussians from the
+camera Blender used (``c2w = obj.matrix_world^-1 @ camera.matrix_world``, ``fx = (W/2)/tan(fov/2)``).
+Prints JSON: per line and engine the PSNR (dB, RGB in [0, 1], whole image), the PSNR inside the
+head's silhouette (engine alpha > 0.02), Blender's render time (s) and the avatar's
+representation. An engine that cannot render headless on a line is reported with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RENDER_SCRIPT = HERE / "blender_display_render.py"
+
+
+def blender_lines() -> list[tuple[str, str]]:
+    """(``bpy-<version>``, interpreter) of each Blender line (the test suite's own discovery)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import blender_lines as find
+
+    return find()
+
+
+def astronaut_avatar_ply(path: Path) -> Path:
+    """Write the default model's feed-forward avatar of the astronaut photo to ``path`` (INRIA PLY)."""
+    from skimage import data
+
+    from fastavatar_engine.generate import AvatarGenerator
+    from fastavatar_engine.ply import write_ply
+
+    with AvatarGenerator() as gen:
+        avatar = gen.generate(data.astronaut())
+    return write_ply(path, avatar.gaussians)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR in dB of two [H,W,3] float images in [0, 1] (over ``mask`` [H,W] bool when given)."""
+    d = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+    mse = float(d[mask].mean() if mask is not None else d.mean())
+    return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def engine_view(ply: Path, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb [H,W,3], alpha [H,W]) float32 from the engine's rasteriser at Blender's camera ``info``."""
+    import torch
+
+    from fastavatar_engine.ply import read_ply
+    from fastavatar_engine.render import render
+
+    g = read_ply(ply)
+    with torch.no_grad():
+        rgb, alpha = render(g, np.array(info["c2w"]), np.array(info["K"]), info["width"], info["height"],
+                            background=(1.0, 1.0, 1.0))
+    return np.clip(rgb.cpu().numpy(), 0, 1), alpha.cpu().numpy()
+
+
+def compare(ply: Path, python: str, engine: str, out: Path, samples: int, resolution: int,
+            timeout: int = 1200) -> dict:
+    """Render ``ply`` in the Blender line ``python`` with ``engine`` and score it against the
+    engine's rasteriser. Returns a JSON-ready row; ``error`` holds the reason when Blender fails."""
+    from PIL import Image
+
+    env = dict(os.environ, FASTAVATAR_ENGINE_PYTHON=sys.executable)
+    proc = subprocess.run([python, str(RENDER_SCRIPT), str(ply), str(out), "--engine", engine,
+                           "--samples", str(samples), "--resolution", str(resolution)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=out)
+    info_path = out / f"blender_{engine}.json"
+    if proc.returncode != 0 or not info_path.is_file():
+        tail = (proc.stderr.strip() or proc.stdout.strip() or "failed").splitlines()[-3:]
+        return {"engine": engine, "error": " | ".join(tail)[-400:]}
+    info = json.loads(info_path.read_text())
+    shown = np.asarray(Image.open(info["png"]).convert("RGB"), np.float32) / 255.0
+    ref, alpha = engine_view(ply, info)
+    np.save(out / f"engine_{engine}.npy", ref)
+    head = alpha > 0.02
+    return {"engine": engine, "blender": info["blender"], "representation": info["representation"],
+            "samples": samples, "resolution": resolution, "render_s": info["render_s"],
+            "psnr_db": round(psnr(shown, ref), 2), "psnr_head_db": round(psnr(shown, ref, head), 2)}
+
+
+def run(engines=("cycles", "eevee"), samples: int = 64, resolution: int = 256, lines=None, keep: Path | None = None) -> dict:
+    """Every line x engine; returns ``{"machine", "avatar", "rows": [...]}``."""
+    lines = blender_lines() if lines is None else lines
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(keep or tmp)
+        ply = astronaut_avatar_ply(work / "astronaut_avatar.ply")
+        rows = []
+        for label, python in lines:
+            for engine in engines:
+                d = work / f"{label}_{engine}"
+                d.mkdir(parents=True, exist_ok=True)
+                rows.append({"line": label, **compare(ply, python, engine, d, samples, resolution)})
+    return {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "avatar": "default model, feed-forward, skimage astronaut", "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    """The README table (between ``<!-- display:begin -->`` / ``<!-- display:end -->``)."""
+    out = ["| Blender | avatar object | engine | samples | PSNR (dB) | PSNR head (dB) | render (s) |",
+           "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            out.append(f"| {r['line']} | | {r['engine']} | | failed: {r['error'][:80]} | | |")
+        else:
+            out.append(f"| {r['blender']} | {r['representation']} | {r['engine']} | {r['samples']} | {r['psnr_db']} "
+                       f"| {r['psnr_head_db']} | {r['render_s']} |")
+    return "\n".join(out) + f"\n\n{result['resolution']}x{result['resolution']} px, {result['machine']}.\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engines", default="cycles,eevee")
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--keep", type=Path, help="keep the PLY and the renders in this folder")
+    p.add_argument("--update-readme", action="store_true")
+    args = p.parse_args(argv)
+    result = run(tuple(args.engines.split(",")), args.samples, args.resolution, keep=args.keep)
+    result["resolution"] = args.resolution
+    print(json.dumps(result, indent=1))
+    if args.update_readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        new, n = re.subn(r"(?s)(<!-- display:begin -->\n).*?(<!-- display:end -->)",
+                         lambda m: m.group(1) + markdown(result) + m.group(2), text)
+        if n != 1:
+            raise SystemExit("README.md: no <!-- display:begin --> / <!-- display:end --> markers")
+        readme.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
