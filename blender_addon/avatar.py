@@ -15,11 +15,11 @@ Two representations, chosen by a capability check (:func:`native_splats`, not a 
 * **Blender 4.2-5.2: a vertices-only mesh** with INRIA-named float POINT attributes: vertex
   positions = ``means``; ``f_dc_0..2``, ``f_rest_0..44`` (channel-major, as in the INRIA PLY),
   ``opacity`` (logit), ``scale_0..2`` (log std-dev, metres) and ``rot_0..3`` (w, x, y, z, not
-  normalised). A geometry-nodes modifier displays it: an ico sphere per splat, rotated by
-  ``rot`` (normalised by the node), scaled by ``splat_scale`` x exp(scale) (a 2-sigma
-  ellipsoid by default), with ``fa_color`` = clamp(0.5 + C0 f_dc) and ``fa_alpha`` =
-  sigmoid(opacity) on the points, which the instances inherit; the material (emission mixed
-  with transparency, fading towards the silhouette) reads them as instancer attributes.
+  normalised). A geometry-nodes modifier displays it (:func:`splat_node_group`): a 3-sigma
+  ico-sphere proxy per splat, the colour from the SH to degree 1 towards the scene camera taken
+  sRGB -> linear as Blender's own splats do; its material (:func:`splat_material`) evaluates
+  the reference rasteriser's alpha ``min(0.99, sigmoid(opacity) exp(-r^2/2))`` at the viewing
+  ray's closest approach r (sigma units), cut at 1/255, back faces transparent.
 
 Everything else (edits, residuals, export) goes through :func:`write_packed` /
 :func:`read_packed` and the float-attribute helpers, one code path for both. The *object*
@@ -230,47 +230,125 @@ def _math(ng, op, x, y, a=None, b=None):
     return node
 
 
+#: How far (in standard deviations) each displayed splat reaches: the proxy ellipsoid's radius.
+#: The shader's Gaussian is exp(-r^2/2) in sigma units, so at this radius alpha is below
+#: opacity x 0.011, under the 1/255 cut for all but opaque splats.
+SPLAT_SIGMAS = 3.0
+#: The reference rasteriser's alpha ceiling and cut (3DGS: min(0.99, alpha), skipped below 1/255).
+ALPHA_MAX, ALPHA_MIN = 0.99, 1.0 / 255.0
+SH_C1 = 0.4886025119029199
+
+
+def _vmath(ng, op, x, y):
+    node = ng.nodes.new("ShaderNodeVectorMath")
+    node.operation = op
+    node.location = (x, y)
+    return node
+
+
+def _srgb_to_linear(ng, value_socket, x, y):
+    """Math nodes for the sRGB EOTF (IEC 61966-2-1) of one channel in [0, 1]; returns the output socket."""
+    lo = _math(ng, "DIVIDE", x, y, None, 12.92)
+    ng.links.new(value_socket, lo.inputs[0])
+    off = _math(ng, "MULTIPLY_ADD", x, y - 60, None, 1.0 / 1.055)
+    off.inputs[2].default_value = 0.055 / 1.055
+    ng.links.new(value_socket, off.inputs[0])
+    hi = _math(ng, "POWER", x + 150, y - 60, None, 2.4)
+    _link(ng, off, 0, hi, 0)
+    step = _math(ng, "GREATER_THAN", x, y - 120, None, 0.04045)
+    ng.links.new(value_socket, step.inputs[0])
+    diff = _math(ng, "SUBTRACT", x + 300, y - 30)
+    _link(ng, hi, 0, diff, 0)
+    _link(ng, lo, 0, diff, 1)
+    out = _math(ng, "MULTIPLY_ADD", x + 450, y)
+    _link(ng, diff, 0, out, 0)
+    _link(ng, step, 0, out, 1)
+    _link(ng, lo, 0, out, 2)
+    return out.outputs[0]
+
+
 def splat_node_group():
-    """The shared geometry-nodes group that displays splats (created once per .blend)."""
+    """The shared geometry-nodes group that displays a mesh avatar's splats (created once per .blend).
+
+    Per point it stores, for the material: ``fa_color``, the splat's colour as Blender's own
+    splats take it -- the SH evaluated to degree 1 towards the scene camera (``0.5 + C0 f_dc +
+    C1 (-y f1 + z f2 - x f3)``, the camera's direction in the avatar's frame, 3DGS's basis),
+    clamped to [0, 1] and converted sRGB -> linear so that the Standard view shows the PLY's
+    colours; ``fa_alpha`` = sigmoid(opacity); ``fa_sigmas`` = the proxy's radius in standard
+    deviations. It instances an ico sphere per splat, rotated by ``rot`` (normalised by the
+    node) and scaled by ``Splat Scale`` (default :data:`SPLAT_SIGMAS`) x exp(scale): the
+    ellipsoid inside which the material evaluates the Gaussian (:func:`splat_material`)."""
     ng = bpy.data.node_groups.get(NODE_GROUP)
     if ng is not None:
         return ng
     ng = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
     ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
     scale_socket = ng.interface.new_socket("Splat Scale", in_out="INPUT", socket_type="NodeSocketFloat")
-    scale_socket.default_value, scale_socket.min_value, scale_socket.max_value = 2.0, 0.0, 10.0
+    scale_socket.default_value, scale_socket.min_value, scale_socket.max_value = SPLAT_SIGMAS, 0.5, 10.0
     sub = ng.interface.new_socket("Subdivisions", in_out="INPUT", socket_type="NodeSocketInt")
     sub.default_value, sub.min_value, sub.max_value = 2, 1, 4
     ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
     n_in = ng.nodes.new("NodeGroupInput")
-    n_in.location = (-1400, 0)
+    n_in.location = (-2000, 0)
     n_out = ng.nodes.new("NodeGroupOutput")
-    n_out.location = (900, 0)
+    n_out.location = (1100, 0)
 
-    # colour = clamp(0.5 + C0 * f_dc), stored on the points (instances inherit point attributes)
+    # view direction: from the scene camera (in this object's frame) to the splat, normalised
+    cam = ng.nodes.new("GeometryNodeInputActiveCamera")
+    cam.location = (-1900, 900)
+    info = ng.nodes.new("GeometryNodeObjectInfo")
+    info.transform_space = "RELATIVE"
+    info.location = (-1700, 900)
+    _link(ng, cam, 0, info, "Object")
+    pos = ng.nodes.new("GeometryNodeInputPosition")
+    pos.location = (-1700, 700)
+    dvec = _vmath(ng, "SUBTRACT", -1500, 800)
+    _link(ng, pos, 0, dvec, 0)
+    _link(ng, info, "Location", dvec, 1)
+    dnorm = _vmath(ng, "NORMALIZE", -1350, 800)
+    _link(ng, dvec, 0, dnorm, 0)
+    dsep = ng.nodes.new("ShaderNodeSeparateXYZ")
+    dsep.location = (-1200, 800)
+    _link(ng, dnorm, 0, dsep, 0)
+    # basis of coefficients 1..3 (3DGS): -C1 y, C1 z, -C1 x
+    basis = []
+    for axis, sign, yy in ((1, -SH_C1, 900), (2, SH_C1, 820), (0, -SH_C1, 740)):
+        m = _math(ng, "MULTIPLY", -1050, yy, None, sign)
+        _link(ng, dsep, axis, m, 0)
+        basis.append(m)
+
+    # colour = linear(clamp(0.5 + C0 f_dc + sum_k basis_k f_rest_{15c + k})), stored on the points
     comb = ng.nodes.new("ShaderNodeCombineXYZ")
-    comb.location = (-600, 400)
+    comb.location = (-100, 400)
     for c in range(3):
-        dc = _named(ng, f"f_dc_{c}", -1200, 500 - 120 * c)
-        m = _math(ng, "MULTIPLY_ADD", -900, 500 - 120 * c, None, SH_C0)
-        m.inputs[2].default_value = 0.5
-        m.use_clamp = True
-        _link(ng, dc, "Attribute", m, 0)
-        _link(ng, m, 0, comb, c)
+        y0 = 600 - 260 * c
+        dc = _named(ng, f"f_dc_{c}", -1200, y0)
+        acc = _math(ng, "MULTIPLY_ADD", -900, y0, None, SH_C0)
+        acc.inputs[2].default_value = 0.5
+        _link(ng, dc, "Attribute", acc, 0)
+        for k in range(3):
+            f = _named(ng, f"f_rest_{15 * c + k}", -1200, y0 - 60 * (k + 1))
+            nxt = _math(ng, "MULTIPLY_ADD", -900 + 110 * (k + 1), y0 - 40 * (k + 1))
+            _link(ng, f, "Attribute", nxt, 0)
+            _link(ng, basis[k], 0, nxt, 1)
+            _link(ng, acc, 0, nxt, 2)
+            acc = nxt
+        acc.use_clamp = True
+        ng.links.new(_srgb_to_linear(ng, acc.outputs[0], -500, y0), comb.inputs[c])
     store_c = ng.nodes.new("GeometryNodeStoreNamedAttribute")
     store_c.data_type = "FLOAT_COLOR"
     store_c.domain = "POINT"
     store_c.inputs["Name"].default_value = "fa_color"
-    store_c.location = (-350, 200)
+    store_c.location = (150, 300)
     _link(ng, n_in, 0, store_c, "Geometry")
     _link(ng, comb, 0, store_c, "Value")
 
     # alpha = sigmoid(opacity) = 1 / (1 + exp(-opacity))
-    op = _named(ng, "opacity", -1200, 0)
-    neg = _math(ng, "MULTIPLY", -1000, 0, None, -1.0)
-    ex = _math(ng, "EXPONENT", -850, 0)
-    add = _math(ng, "ADD", -700, 0, None, 1.0)
-    inv = _math(ng, "DIVIDE", -550, 0, 1.0)
+    op = _named(ng, "opacity", -1200, -300)
+    neg = _math(ng, "MULTIPLY", -1000, -300, None, -1.0)
+    ex = _math(ng, "EXPONENT", -850, -300)
+    add = _math(ng, "ADD", -700, -300, None, 1.0)
+    inv = _math(ng, "DIVIDE", -550, -300, 1.0)
     _link(ng, op, "Attribute", neg, 0)
     _link(ng, neg, 0, ex, 0)
     _link(ng, ex, 0, add, 0)
@@ -279,42 +357,44 @@ def splat_node_group():
     store_a.data_type = "FLOAT"
     store_a.domain = "POINT"
     store_a.inputs["Name"].default_value = "fa_alpha"
-    store_a.location = (-150, 200)
+    store_a.location = (350, 200)
     _link(ng, store_c, "Geometry", store_a, "Geometry")
     _link(ng, inv, 0, store_a, "Value")
+    store_k = ng.nodes.new("GeometryNodeStoreNamedAttribute")
+    store_k.data_type = "FLOAT"
+    store_k.domain = "POINT"
+    store_k.inputs["Name"].default_value = "fa_sigmas"
+    store_k.location = (550, 200)
+    _link(ng, store_a, "Geometry", store_k, "Geometry")
+    _link(ng, n_in, 1, store_k, "Value")
 
     # rotation from rot_0..3 (w, x, y, z); scale = splat_scale * exp(log-scale)
     q = ng.nodes.new("FunctionNodeQuaternionToRotation")
-    q.location = (-600, -300)
+    q.location = (-600, -600)
     for i, sock in enumerate(("W", "X", "Y", "Z")):
-        _link(ng, _named(ng, f"rot_{i}", -900, -250 - 110 * i), "Attribute", q, sock)
+        _link(ng, _named(ng, f"rot_{i}", -900, -550 - 110 * i), "Attribute", q, sock)
     sc = ng.nodes.new("ShaderNodeCombineXYZ")
-    sc.location = (-600, -750)
+    sc.location = (-600, -1050)
     for i in range(3):
-        e = _math(ng, "EXPONENT", -900, -700 - 110 * i)
-        _link(ng, _named(ng, f"scale_{i}", -1150, -700 - 110 * i), "Attribute", e, 0)
+        e = _math(ng, "EXPONENT", -900, -1000 - 110 * i)
+        _link(ng, _named(ng, f"scale_{i}", -1150, -1000 - 110 * i), "Attribute", e, 0)
         _link(ng, e, 0, sc, i)
-    vs = ng.nodes.new("ShaderNodeVectorMath")
-    vs.operation = "SCALE"
-    vs.location = (-400, -750)
+    vs = _vmath(ng, "SCALE", -400, -1050)
     _link(ng, sc, 0, vs, 0)
     _link(ng, n_in, 1, vs, "Scale")
 
     ico = ng.nodes.new("GeometryNodeMeshIcoSphere")
-    ico.location = (-400, -100)
+    ico.location = (-400, -400)
     ico.inputs["Radius"].default_value = 1.0
     _link(ng, n_in, 2, ico, "Subdivisions")
-    smooth = ng.nodes.new("GeometryNodeSetShadeSmooth")
-    smooth.location = (-200, -100)
-    _link(ng, ico, "Mesh", smooth, "Geometry")
     setmat = ng.nodes.new("GeometryNodeSetMaterial")
-    setmat.location = (0, -100)
+    setmat.location = (0, -400)
     setmat.inputs["Material"].default_value = splat_material()
-    _link(ng, smooth, "Geometry", setmat, "Geometry")
+    _link(ng, ico, "Mesh", setmat, "Geometry")
 
     inst = ng.nodes.new("GeometryNodeInstanceOnPoints")
-    inst.location = (300, 100)
-    _link(ng, store_a, "Geometry", inst, "Points")
+    inst.location = (800, 100)
+    _link(ng, store_k, "Geometry", inst, "Points")
     _link(ng, setmat, "Geometry", inst, "Instance")
     _link(ng, q, "Rotation", inst, "Rotation")
     _link(ng, vs, "Vector", inst, "Scale")
@@ -323,7 +403,16 @@ def splat_node_group():
 
 
 def splat_material():
-    """Emission x transparency material reading ``fa_color`` / ``fa_alpha`` from the instancer."""
+    """The splat material of the mesh display: the reference rasteriser's per-splat alpha, emission.
+
+    In the instance's space the proxy (:func:`splat_node_group`) is the unit sphere and the
+    Gaussian is isotropic with sigma = 1 / ``fa_sigmas``. The viewing ray through the shaded point
+    ``p`` (Texture Coordinate *Object*) with direction ``d`` (the *Incoming* vector taken to object
+    space) comes closest to the centre at ``r^2 = |p|^2 - (p.d)^2 / |d|^2``, where the 3D Gaussian
+    along the ray peaks (3D Gaussian ray tracing, Moenne-Loccoz et al. 2024, as Blender's own
+    splats do); ``alpha = min(0.99, fa_alpha exp(-fa_sigmas^2 r^2 / 2))``, zero below 1/255 and on
+    back faces (each splat counts once). Emission of ``fa_color`` (linear) mixed with a
+    transparent BSDF by alpha: Blender composites in linear light, like its native splats."""
     mat = bpy.data.materials.get(MATERIAL)
     if mat is not None:
         return mat
@@ -331,7 +420,8 @@ def splat_material():
     if mat.node_tree is None:  # Blender < 5.0; from 5.0 every material has nodes (use_nodes is deprecated)
         mat.use_nodes = True
     for attr, value in (("blend_method", "BLEND"), ("surface_render_method", "BLENDED"),
-                        ("use_transparency_overlap", True), ("show_transparent_back", True)):
+                        ("use_transparency_overlap", True), ("show_transparent_back", False),
+                        ("use_backface_culling", True)):
         if hasattr(mat, attr):
             try:
                 setattr(mat, attr, value)
@@ -339,38 +429,78 @@ def splat_material():
                 pass
     nt = mat.node_tree
     nt.nodes.clear()
-    out = nt.nodes.new("ShaderNodeOutputMaterial")
-    out.location = (600, 0)
-    col = nt.nodes.new("ShaderNodeAttribute")
-    col.attribute_type = "INSTANCER"
-    col.attribute_name = "fa_color"
-    col.location = (-400, 100)
-    alpha = nt.nodes.new("ShaderNodeAttribute")
-    alpha.attribute_type = "INSTANCER"
-    alpha.attribute_name = "fa_alpha"
-    alpha.location = (-400, -150)
-    lw = nt.nodes.new("ShaderNodeLayerWeight")
-    lw.inputs["Blend"].default_value = 0.5
-    lw.location = (-400, -350)
-    fade = nt.nodes.new("ShaderNodeMath")  # 1 - facing: opaque at the centre, clear at the rim
-    fade.operation = "SUBTRACT"
-    fade.inputs[0].default_value = 1.0
-    fade.location = (-200, -350)
-    nt.links.new(lw.outputs["Facing"], fade.inputs[1])
-    mul = nt.nodes.new("ShaderNodeMath")
-    mul.operation = "MULTIPLY"
-    mul.use_clamp = True
-    mul.location = (0, -200)
-    nt.links.new(alpha.outputs["Fac"], mul.inputs[0])
-    nt.links.new(fade.outputs[0], mul.inputs[1])
-    emit = nt.nodes.new("ShaderNodeEmission")
-    emit.location = (0, 100)
+
+    def node(kind, x, y, **props):
+        n = nt.nodes.new(kind)
+        n.location = (x, y)
+        for k, v in props.items():
+            setattr(n, k, v)
+        return n
+
+    def attr(name, x, y):
+        return node("ShaderNodeAttribute", x, y, attribute_type="INSTANCER", attribute_name=name)
+
+    out = node("ShaderNodeOutputMaterial", 1400, 0)
+    tc = node("ShaderNodeTexCoord", -1200, 0)
+    geo = node("ShaderNodeNewGeometry", -1200, -300)
+    to_obj = node("ShaderNodeVectorTransform", -1000, -300, vector_type="VECTOR",
+                  convert_from="WORLD", convert_to="OBJECT")
+    nt.links.new(geo.outputs["Incoming"], to_obj.inputs[0])
+    pp = node("ShaderNodeVectorMath", -800, 100, operation="DOT_PRODUCT")
+    nt.links.new(tc.outputs["Object"], pp.inputs[0])
+    nt.links.new(tc.outputs["Object"], pp.inputs[1])
+    pd = node("ShaderNodeVectorMath", -800, -100, operation="DOT_PRODUCT")
+    nt.links.new(tc.outputs["Object"], pd.inputs[0])
+    nt.links.new(to_obj.outputs[0], pd.inputs[1])
+    dd = node("ShaderNodeVectorMath", -800, -300, operation="DOT_PRODUCT")
+    nt.links.new(to_obj.outputs[0], dd.inputs[0])
+    nt.links.new(to_obj.outputs[0], dd.inputs[1])
+    pd2 = node("ShaderNodeMath", -600, -100, operation="MULTIPLY")
+    nt.links.new(pd.outputs["Value"], pd2.inputs[0])
+    nt.links.new(pd.outputs["Value"], pd2.inputs[1])
+    ratio = node("ShaderNodeMath", -450, -150, operation="DIVIDE")
+    nt.links.new(pd2.outputs[0], ratio.inputs[0])
+    nt.links.new(dd.outputs["Value"], ratio.inputs[1])
+    r2 = node("ShaderNodeMath", -300, 0, operation="SUBTRACT")
+    nt.links.new(pp.outputs["Value"], r2.inputs[0])
+    nt.links.new(ratio.outputs[0], r2.inputs[1])
+    k = attr("fa_sigmas", -600, 300)
+    k2 = node("ShaderNodeMath", -400, 300, operation="MULTIPLY")
+    nt.links.new(k.outputs["Fac"], k2.inputs[0])
+    nt.links.new(k.outputs["Fac"], k2.inputs[1])
+    expo = node("ShaderNodeMath", -150, 150, operation="MULTIPLY")
+    nt.links.new(r2.outputs[0], expo.inputs[0])
+    nt.links.new(k2.outputs[0], expo.inputs[1])
+    expo2 = node("ShaderNodeMath", 0, 150, operation="MULTIPLY")
+    expo2.inputs[1].default_value = -0.5
+    nt.links.new(expo.outputs[0], expo2.inputs[0])
+    g = node("ShaderNodeMath", 150, 150, operation="EXPONENT")
+    nt.links.new(expo2.outputs[0], g.inputs[0])
+    a = attr("fa_alpha", 0, 400)
+    alpha = node("ShaderNodeMath", 300, 250, operation="MULTIPLY")
+    nt.links.new(a.outputs["Fac"], alpha.inputs[0])
+    nt.links.new(g.outputs[0], alpha.inputs[1])
+    cap = node("ShaderNodeMath", 450, 250, operation="MINIMUM")
+    cap.inputs[1].default_value = ALPHA_MAX
+    nt.links.new(alpha.outputs[0], cap.inputs[0])
+    keep = node("ShaderNodeMath", 450, 50, operation="GREATER_THAN")
+    keep.inputs[1].default_value = ALPHA_MIN
+    nt.links.new(alpha.outputs[0], keep.inputs[0])
+    front = node("ShaderNodeMath", 450, -150, operation="SUBTRACT")
+    front.inputs[0].default_value = 1.0
+    nt.links.new(geo.outputs["Backfacing"], front.inputs[1])
+    m1 = node("ShaderNodeMath", 650, 150, operation="MULTIPLY")
+    nt.links.new(cap.outputs[0], m1.inputs[0])
+    nt.links.new(keep.outputs[0], m1.inputs[1])
+    m2 = node("ShaderNodeMath", 800, 100, operation="MULTIPLY", use_clamp=True)
+    nt.links.new(m1.outputs[0], m2.inputs[0])
+    nt.links.new(front.outputs[0], m2.inputs[1])
+    col = attr("fa_color", 600, 500)
+    emit = node("ShaderNodeEmission", 900, 400)
     nt.links.new(col.outputs["Color"], emit.inputs["Color"])
-    transp = nt.nodes.new("ShaderNodeBsdfTransparent")
-    transp.location = (0, 250)
-    mix = nt.nodes.new("ShaderNodeMixShader")
-    mix.location = (300, 100)
-    nt.links.new(mul.outputs[0], mix.inputs["Fac"])
+    transp = node("ShaderNodeBsdfTransparent", 900, 250)
+    mix = node("ShaderNodeMixShader", 1150, 200)
+    nt.links.new(m2.outputs[0], mix.inputs["Fac"])
     nt.links.new(transp.outputs[0], mix.inputs[1])
     nt.links.new(emit.outputs[0], mix.inputs[2])
     nt.links.new(mix.outputs[0], out.inputs["Surface"])

@@ -145,6 +145,7 @@ def setup_cycles(scene, samples: int):
     scene.cycles.samples = samples
     scene.cycles.use_denoising = False
     scene.cycles.transparent_max_bounces = 256  # splats overlap many times along a ray
+    scene.cycles.min_transparent_bounces = 8  # a few before Russian roulette may end a ray (256: 13x the time, +0.2 dB)
     scene.cycles.max_bounces = 256
     if scene.world is None:
         scene.world = bpy.data.worlds.new("World")

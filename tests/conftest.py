@@ -93,3 +93,10 @@ def blender_python(request) -> str:
     if request.param is None:
         pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*, or a .venv-bpy53 with bpy 5.3)")
     return request.param
+
+
+def native_splat_line(python: str) -> bool:
+    """Whether the Blender line ``python`` (one of :data:`BLENDER_LINES`) has Gaussian-splat point
+    clouds (bpy >= 5.3), so avatars are native splats there rather than the mesh display."""
+    version = next(v for v, p in BLENDER_LINES if p == python)
+    return tuple(int(x) for x in version.removeprefix("bpy-").split(".")[:2]) >= (5, 3)

@@ -3,7 +3,6 @@
 (:func:`conftest.blender_lines`: bpy 4.5 beside torch, bpy 5.3 on Python 3.13); checked here with
 numpy, torch and the engine's own model, independently of the add-on's code."""
 
-import importlib.util
 import json
 
 import os
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BLENDER_LINES  # noqa: E402
+from conftest import BLENDER_LINES, native_splat_line  # noqa: E402
 
 if not BLENDER_LINES:  # not imported here: bpy runs in the driver subprocesses only
     pytest.skip("Blender as a Python module is not installed (pip install bpy==4.5.*)", allow_module_level=True)
@@ -61,12 +60,6 @@ def generated(blender_python, photos, tmp_path_factory):
     return out, run_driver(blender_python, "generate", out, photos / "astronaut.png", photos / "grey.png")
 
 
-def native_line(blender_python) -> bool:
-    """Whether this Blender line has Gaussian-splat point clouds (bpy >= 5.3)."""
-    version = next(v for v, p in BLENDER_LINES if p == blender_python)
-    return tuple(int(x) for x in version.removeprefix("bpy-").split(".")[:2]) >= (5, 3)
-
-
 def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, generated, photos):
     from fastavatar_engine.generate import AvatarGenerator
 
@@ -76,7 +69,7 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, gene
     assert obj["vertices"] == 10144 and obj["edges"] == 0 and obj["faces"] == 0  # vertices only
     assert obj["model_id"] == "fastavatar-default-v1" and obj["photo"].endswith("astronaut.png")
     assert obj["camera_json"]
-    if native_line(blender_python):  # Blender's own Gaussian splats, no display modifier
+    if native_splat_line(blender_python):  # Blender's own Gaussian splats, no display modifier
         assert obj["type"] == "POINTCLOUD" and obj["data_type"] == "GAUSSIAN_SPLAT" and obj["modifiers"] == []
     else:
         assert obj["type"] == "MESH" and obj["modifiers"] == ["NODES"] and obj["node_group"] == "FastAvatar Splats"
@@ -97,7 +90,7 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, gene
     m = data["matrix_world"]
     np.testing.assert_allclose(m[:3, 3], [1, 2, 3], atol=1e-6)
     np.testing.assert_allclose(m[:3, :3] @ np.array([0.3, 0.5, 0.7]), [0.3, -0.7, 0.5], atol=1e-6)
-    if native_line(blender_python):
+    if native_splat_line(blender_python):
         # Blender's splat attributes hold what its own INRIA importer makes of the engine's PLY of the
         # same Gaussians, and that is sigmoid(opacity), exp(log-scale), the unit quaternion
         imp = np.load(out / "ply_import.npz")
@@ -109,7 +102,8 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, gene
         q = g.rotations / np.linalg.norm(g.rotations, axis=1, keepdims=True)
         np.testing.assert_allclose(data["native:rotation"], q, atol=1e-6)
         return
-    # the displayed splats: one instance per point at the point, scaled 2 * exp(log-scale), rotated by rot
+    # the displayed splats: one instance per point at the point, scaled 3 * exp(log-scale) (the 3-sigma
+    # proxy the material evaluates the Gaussian in), rotated by rot
     inst = np.load(out / "instances.npy")
     assert inst.shape == (10144, 4, 4)
     i = 123
@@ -120,7 +114,7 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, gene
     R = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
                   [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
                   [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-    np.testing.assert_allclose(local[:3, :3], R * (2.0 * np.exp(g.log_scales[i])), rtol=1e-3, atol=1e-7)
+    np.testing.assert_allclose(local[:3, :3], R * (3.0 * np.exp(g.log_scales[i])), rtol=1e-3, atol=1e-7)
 
 
 

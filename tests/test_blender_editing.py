@@ -2,7 +2,6 @@
 interpolation, refinement (cancel + residual storage), direction training, save/reload and
 append. Every number is checked here against an independent decode with the engine's model."""
 
-import importlib.util
 import json
 import os
 import shutil

@@ -2,7 +2,6 @@
 and refine (tests/faults/fault_proxy.py stands in as the engine). Each fault ends in a clear
 message, leaves the scene exactly as it was, and the next request runs on a fresh engine."""
 
-import importlib.util
 import os
 import stat
 import sys

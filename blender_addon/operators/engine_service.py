@@ -3,6 +3,7 @@ engine wheel and the pinned CPU torch) and *Stop Engine*."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,42 @@ ADDON_DIR = Path(__file__).parent.parent
 INSTALL: dict = {}
 
 
+#: Python versions the engine's pinned face front-end has wheels for (MediaPipe 0.10.21, the last
+#: release with ``mp.solutions``, ships CPython 3.9-3.12; Blender 5.x runs Python 3.13).
+ENGINE_PYTHON_VERSIONS = ("3.12", "3.11")
+
+
+def base_python() -> str:
+    """The interpreter Install Engine builds the engine's venv from: Blender's own Python when the
+    engine's wheels exist for it, else ``python3.12`` / ``python3.11`` from PATH. Raises
+    ``FileNotFoundError`` with what to install when there is none."""
+    if sys.version_info[:2] <= (3, 12):
+        return sys.executable
+    for version in ENGINE_PYTHON_VERSIONS:
+        found = shutil.which(f"python{version}")
+        if found is None:
+            continue
+        try:  # a launcher on PATH (pyenv's shims) may exist without that Python installed
+            probe = subprocess.run([found, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                   capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return found
+    raise FileNotFoundError(
+        f"Install Engine needs Python {' or '.join(ENGINE_PYTHON_VERSIONS)} on PATH: this Blender runs Python "
+        f"{sys.version_info[0]}.{sys.version_info[1]}, for which the engine's face front-end (MediaPipe 0.10.21) "
+        "has no wheels. Install one, or set Engine Python in the preferences to an existing engine environment")
+
+
 def install_commands(venv: Path, wheel: Path, constraints: Path | None, python: str | None = None) -> list[list[str]]:
-    """The commands Install Engine runs: create ``venv``, install the CPU torch pin first, then the
-    bundled engine wheel with its engine and face extras (CUDA users add gsplat themselves)."""
+    """The commands Install Engine runs: create ``venv`` with ``python`` (default
+    :func:`base_python`), install the CPU torch pin first, then the bundled engine wheel with its
+    engine and face extras (CUDA users add gsplat themselves)."""
     vpy = str(engine.venv_python(venv))
     pin = ["-c", str(constraints)] if constraints is not None and constraints.is_file() else []
     return [
-        [python or sys.executable, "-m", "venv", str(venv)],
+        [python or base_python(), "-m", "venv", str(venv)],
         [vpy, "-m", "pip", "install", "--upgrade", "pip"],
         [vpy, "-m", "pip", "install", "torch==2.13.0"],
         [vpy, "-m", "pip", "install", *pin, f"{wheel}[engine,face]"],
