@@ -234,3 +234,11 @@ print(json.dumps({{'enabled': enabled, 'ok': ok, 'protocol': p.PROTOCOL_VERSION,
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["enabled"] == ["bl_ext.user_default.fastavatar"] and r["ok"] and r["protocol"] == 1 and r["gone"]
 
+    # the interpreter exits with the add-on still enabled (what a user's script does): one clean
+    # unregister, no "Scene has no attribute 'fastavatar'" from a second one
+    exit_script = ("import bpy, addon_utils; addon_utils.enable('bl_ext.user_default.fastavatar', default_set=True); "
+                   "print(hasattr(bpy.types.Scene, 'fastavatar'))")
+    proc = subprocess.run([blender_python, "-c", exit_script],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == "True", proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "AttributeError" not in proc.stderr, proc.stderr[-3000:]
