@@ -116,14 +116,19 @@ def ensure_addon():
     importlib.import_module(here.name).register()
 
 
+def addon_package(scene):
+    """The add-on package, however it was loaded (``blender_addon`` from a checkout, or
+    ``bl_ext.<repo>.fastavatar`` as an extension): the parent of its properties' module."""
+    return sys.modules[type(scene.fastavatar).__module__.rpartition(".")[0]]
+
+
 def frame_camera(scene, obj, resolution: int):
     """Add a camera looking at the avatar's face (the face points along -Y in Blender)."""
     import bpy
     import numpy as np
     from mathutils import Vector
 
-    addon = sys.modules[type(scene.fastavatar).__module__.rpartition(".")[0]]
-    centre = obj.matrix_world @ Vector(np.median(addon.avatar.splat_positions(obj.data), axis=0).tolist())
+    centre = obj.matrix_world @ Vector(np.median(addon_package(scene).avatar.splat_positions(obj.data), axis=0).tolist())
     cam_data = bpy.data.cameras.new("FastAvatar Camera")
     cam_data.lens_unit = "FOV"
     cam_data.angle = math.radians(25.0)
@@ -174,10 +179,9 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
     if result != {"FINISHED"}:
         raise RuntimeError(scene.fastavatar.status or "Generate Avatar failed")
     obj = bpy.context.active_object
-    row = {"photo": str(photo), "object": obj.name, "splats": None,
+    addon = addon_package(scene)
+    row = {"photo": str(photo), "object": obj.name, "splats": addon.avatar.splat_count(obj.data),
            "generate_s": round(time.perf_counter() - t, 3)}
-    addon = sys.modules[type(scene.fastavatar).__module__.rpartition(".")[0]]  # the add-on package, however it was loaded
-    row["splats"] = addon.avatar.splat_count(obj.data)
     obj = apply_edits(bpy.context, scene, obj, args, addon, row)
     frame_camera(scene, obj, args.resolution)
     setup_cycles(scene, args.samples)
