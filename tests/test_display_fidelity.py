@@ -71,8 +71,6 @@ def test_ring_profile_of_a_known_gaussian():
 
 @pytest.mark.parametrize("engine", ["cycles", "eevee"])
 def test_single_splat_alpha_profile_matches_the_reference(blender_python, engine, tmp_path, capsys):
-    if engine == "eevee" and not native_splat_line(blender_python):
-        pytest.skip("the mesh line's EEVEE display blends unsorted instances (the acceptance is Cycles there)")
     ply = single_splat_ply(tmp_path / "one.ply")
     row = bench_display.compare(ply, blender_python, engine, tmp_path, samples=64, resolution=256)
     assert "error" not in row, row["error"]
@@ -94,15 +92,13 @@ def test_single_splat_alpha_profile_matches_the_reference(blender_python, engine
               f"(sigma {sigma_px:.1f} px)")
     # Blender 5.3's EEVEE draws its own splats ~0.035 wider at 1-2 sigma (measured at 64 and 256
     # samples alike: systematic, Blender's rasteriser, not the data we hand it)
-    tolerance = 0.05 if engine == "eevee" else 0.02
+    tolerance = 0.05 if engine == "eevee" and native_splat_line(blender_python) else 0.02
     assert err.max() <= tolerance, np.round(np.stack([ref, got]), 3)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["cycles", "eevee"])
 def test_avatar_display_psnr_against_the_engine(blender_python, engine, avatar_ply, tmp_path, capsys):
-    if engine == "eevee" and not native_splat_line(blender_python):
-        pytest.skip("the mesh line's EEVEE display blends unsorted instances (~170 s, ~19 dB: see README)")
     row = bench_display.compare(avatar_ply, blender_python, engine, tmp_path, samples=64, resolution=256)
     assert "error" not in row, row["error"]
     with capsys.disabled():
@@ -111,6 +107,6 @@ def test_avatar_display_psnr_against_the_engine(blender_python, engine, avatar_p
               f"compositing {row['psnr_linear_light_db']} dB, render {row['render_s']} s")
     # drawn faithfully: the splats as Blender composites them (linear light) match the reference
     assert row["psnr_linear_light_db"] >= 30.0
-    # against the 3DGS reference itself (sRGB compositing), measured 28.9 / 25.8 / 24.7 dB
-    floor = {("native", "eevee"): 28.0, ("native", "cycles"): 25.0, ("mesh", "cycles"): 24.0}
+    # against the 3DGS reference itself (sRGB compositing), measured 28.9 / 25.8 / 24.7 / 24.7 dB
+    floor = {("native", "eevee"): 28.0, ("native", "cycles"): 25.0, ("mesh", "cycles"): 24.0, ("mesh", "eevee"): 24.0}
     assert row["psnr_db"] >= floor[("native" if native_splat_line(blender_python) else "mesh", engine)]
