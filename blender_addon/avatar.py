@@ -246,6 +246,19 @@ def _vmath(ng, op, x, y):
     return node
 
 
+def _store(ng, name, data_type, x, y, geometry, value):
+    """A Store Named Attribute node (POINT domain) writing ``value`` = (node, output) into the
+    geometry from ``geometry`` = (node, output); returns the node."""
+    node = ng.nodes.new("GeometryNodeStoreNamedAttribute")
+    node.data_type = data_type
+    node.domain = "POINT"
+    node.inputs["Name"].default_value = name
+    node.location = (x, y)
+    _link(ng, geometry[0], geometry[1], node, "Geometry")
+    _link(ng, value[0], value[1], node, "Value")
+    return node
+
+
 def _srgb_to_linear(ng, value_socket, x, y):
     """Math nodes for the sRGB EOTF (IEC 61966-2-1) of one channel in [0, 1]; returns the output socket."""
     lo = _math(ng, "DIVIDE", x, y, None, 12.92)
@@ -335,13 +348,7 @@ def splat_node_group():
             acc = nxt
         acc.use_clamp = True
         ng.links.new(_srgb_to_linear(ng, acc.outputs[0], -500, y0), comb.inputs[c])
-    store_c = ng.nodes.new("GeometryNodeStoreNamedAttribute")
-    store_c.data_type = "FLOAT_COLOR"
-    store_c.domain = "POINT"
-    store_c.inputs["Name"].default_value = "fa_color"
-    store_c.location = (150, 300)
-    _link(ng, n_in, 0, store_c, "Geometry")
-    _link(ng, comb, 0, store_c, "Value")
+    store_c = _store(ng, "fa_color", "FLOAT_COLOR", 150, 300, (n_in, 0), (comb, 0))
 
     # alpha = sigmoid(opacity) = 1 / (1 + exp(-opacity))
     op = _named(ng, "opacity", -1200, -300)
@@ -353,20 +360,8 @@ def splat_node_group():
     _link(ng, neg, 0, ex, 0)
     _link(ng, ex, 0, add, 0)
     _link(ng, add, 0, inv, 1)
-    store_a = ng.nodes.new("GeometryNodeStoreNamedAttribute")
-    store_a.data_type = "FLOAT"
-    store_a.domain = "POINT"
-    store_a.inputs["Name"].default_value = "fa_alpha"
-    store_a.location = (350, 200)
-    _link(ng, store_c, "Geometry", store_a, "Geometry")
-    _link(ng, inv, 0, store_a, "Value")
-    store_k = ng.nodes.new("GeometryNodeStoreNamedAttribute")
-    store_k.data_type = "FLOAT"
-    store_k.domain = "POINT"
-    store_k.inputs["Name"].default_value = "fa_sigmas"
-    store_k.location = (550, 200)
-    _link(ng, store_a, "Geometry", store_k, "Geometry")
-    _link(ng, n_in, 1, store_k, "Value")
+    store_a = _store(ng, "fa_alpha", "FLOAT", 350, 200, (store_c, "Geometry"), (inv, 0))
+    store_k = _store(ng, "fa_sigmas", "FLOAT", 550, 200, (store_a, "Geometry"), (n_in, 1))
 
     # rotation from rot_0..3 (w, x, y, z); scale = splat_scale * exp(log-scale)
     q = ng.nodes.new("FunctionNodeQuaternionToRotation")
