@@ -11,7 +11,9 @@ Two representations, chosen by a capability check (:func:`native_splats`, not a 
   ``radiance:sh_k`` (k = 0..14, FLOAT_VECTOR) = SH coefficient k+1 for R, G, B
   (= f_rest_k, f_rest_{15+k}, f_rest_{30+k}). Beside them the add-on keeps what those lose:
   ``opacity`` (logit), ``scale_0..2`` (log) and ``rot_0..3`` (the quaternion as predicted), so
-  :func:`read_packed` returns the engine's arrays bit for bit.
+  :func:`read_packed` returns the engine's arrays bit for bit. A geometry-nodes modifier
+  (:func:`splat_filter_group`) gives the evaluated splats the reference rasteriser's
+  screen-space dilation (3DGS's ``eps2d``), which Blender's own splats lack.
 * **Blender 4.2-5.2: a vertices-only mesh** with INRIA-named float POINT attributes: vertex
   positions = ``means``; ``f_dc_0..2``, ``f_rest_0..44`` (channel-major, as in the INRIA PLY),
   ``opacity`` (logit), ``scale_0..2`` (log std-dev, metres) and ``rot_0..3`` (w, x, y, z, not
@@ -19,7 +21,17 @@ Two representations, chosen by a capability check (:func:`native_splats`, not a 
   ico-sphere proxy per splat, the colour from the SH to degree 1 towards the scene camera taken
   sRGB -> linear as Blender's own splats do; its material (:func:`splat_material`) evaluates
   the reference rasteriser's alpha ``min(0.99, sigmoid(opacity) exp(-r^2/2))`` at the viewing
-  ray's closest approach r (sigma units), cut at 1/255, back faces transparent.
+  ray's closest approach r (sigma units), cut at 1/255, back faces transparent; the std-devs
+  carry the same screen-space dilation.
+
+The dilation: the engine's rasteriser (like 3DGS and gsplat) adds 0.3 px^2 to every projected
+covariance without changing opacity, so the many sub-pixel Gaussians of an avatar (eyes, ears,
+hair) keep covering ~0.55 px. Both displays add the 3D equivalent, ``s^2 = 0.3 (z / f)^2`` to
+each covariance (z the splat's depth from the scene camera, f its focal length in pixels at the
+render resolution, :func:`pixel_angle`); the modifiers' ``Pixel Angle`` input (1 / f) is set at
+creation, by :func:`update_pixel_angles` before every render and by ``batch.py``. Measured
+(``benchmarks/bench_display.py``, 256 px): +0.5 to +0.9 dB against the engine on every line and
+render engine.
 
 Everything else (edits, residuals, export) goes through :func:`write_packed` /
 :func:`read_packed` and the float-attribute helpers, one code path for both. The *object*
@@ -289,7 +301,8 @@ def splat_node_group():
     clamped to [0, 1] and converted sRGB -> linear so that the Standard view shows the PLY's
     colours; ``fa_alpha`` = sigmoid(opacity); ``fa_sigmas`` = the proxy's radius in standard
     deviations. It instances an ico sphere per splat, rotated by ``rot`` (normalised by the
-    node) and scaled by ``Splat Scale`` (default :data:`SPLAT_SIGMAS`) x exp(scale): the
+    node) and scaled by ``Splat Scale`` (default :data:`SPLAT_SIGMAS`) x the dilated std-devs
+    ``sqrt(exp(2 scale) + s^2)`` (:func:`_dilation_sq`, from the ``Pixel Angle`` input): the
     ellipsoid inside which the material evaluates the Gaussian (:func:`splat_material`)."""
     ng = bpy.data.node_groups.get(NODE_GROUP)
     if ng is not None:
@@ -300,6 +313,7 @@ def splat_node_group():
     scale_socket.default_value, scale_socket.min_value, scale_socket.max_value = SPLAT_SIGMAS, 0.5, 10.0
     sub = ng.interface.new_socket("Subdivisions", in_out="INPUT", socket_type="NodeSocketInt")
     sub.default_value, sub.min_value, sub.max_value = 2, 1, 4
+    _pixel_angle_socket(ng)
     ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
     n_in = ng.nodes.new("NodeGroupInput")
     n_in.location = (-2000, 0)
@@ -307,12 +321,7 @@ def splat_node_group():
     n_out.location = (1100, 0)
 
     # view direction: from the scene camera (in this object's frame) to the splat, normalised
-    cam = ng.nodes.new("GeometryNodeInputActiveCamera")
-    cam.location = (-1900, 900)
-    info = ng.nodes.new("GeometryNodeObjectInfo")
-    info.transform_space = "RELATIVE"
-    info.location = (-1700, 900)
-    _link(ng, cam, 0, info, "Object")
+    info = _camera_info(ng, -1900, 900)
     pos = ng.nodes.new("GeometryNodeInputPosition")
     pos.location = (-1700, 700)
     dvec = _vmath(ng, "SUBTRACT", -1500, 800)
@@ -370,10 +379,11 @@ def splat_node_group():
         _link(ng, _named(ng, f"rot_{i}", -900, -550 - 110 * i), "Attribute", q, sock)
     sc = ng.nodes.new("ShaderNodeCombineXYZ")
     sc.location = (-600, -1050)
+    s2 = _dilation_sq(ng, info, n_in.outputs[PIXEL_ANGLE], -2000, -1500)
     for i in range(3):
-        e = _math(ng, "EXPONENT", -900, -1000 - 110 * i)
-        _link(ng, _named(ng, f"scale_{i}", -1150, -1000 - 110 * i), "Attribute", e, 0)
-        _link(ng, e, 0, sc, i)
+        e = _math(ng, "EXPONENT", -1100, -1000 - 110 * i)
+        _link(ng, _named(ng, f"scale_{i}", -1300, -1000 - 110 * i), "Attribute", e, 0)
+        ng.links.new(_dilated_sigma(ng, e.outputs[0], s2, -950, -1000 - 110 * i), sc.inputs[i])
     vs = _vmath(ng, "SCALE", -400, -1050)
     _link(ng, sc, 0, vs, 0)
     _link(ng, n_in, 1, vs, "Scale")
@@ -503,6 +513,165 @@ def splat_material():
     return mat
 
 
+#: The reference rasteriser's screen-space low-pass filter (3DGS's ``eps2d``, px^2; the default of
+#: ``fastavatar_engine.render.torch_rasterizer.rasterize`` and gsplat): every projected covariance
+#: gets ``+ 0.3 I``, opacity unchanged, so a sub-pixel splat still covers ~0.55 px.
+SCREEN_DILATION_PX2 = 0.3
+PIXEL_ANGLE = "Pixel Angle"
+FILTER_GROUP = "FastAvatar Splat Filter"
+FILTER_MODIFIER = "FastAvatar Splat Filter"
+DISPLAY_MODIFIER = "FastAvatar Splats"
+
+
+def _dilation_sq(ng, info, pixel_angle, x, y):
+    """Nodes for the reference rasteriser's ``eps2d`` as a 3D dilation; returns the output socket.
+
+    Adding ``s^2 I`` to a Gaussian's 3D covariance adds ``s^2 J J^T ~ s^2 (f/z)^2 I`` to its
+    projection (the EWA Jacobian J at depth z, focal f in pixels), so ``s^2 = eps2d (z / f)^2`` is
+    3DGS's ``+ eps2d I`` in the image (exactly at the image centre, to second order in the
+    field angle elsewhere). z = the point's depth along the camera's view axis (``info``: Object
+    Info of the scene camera, RELATIVE, so z is in this object's units), ``pixel_angle`` =
+    1 / f in radians per pixel (:func:`pixel_angle`). Per point field, m^2 in object units."""
+    pos = ng.nodes.new("GeometryNodeInputPosition")
+    pos.location = (x, y)
+    rel = _vmath(ng, "SUBTRACT", x + 150, y)
+    _link(ng, pos, 0, rel, 0)
+    _link(ng, info, "Location", rel, 1)
+    fwd = ng.nodes.new("FunctionNodeRotateVector")
+    fwd.location = (x + 150, y - 150)
+    fwd.inputs["Vector"].default_value = (0.0, 0.0, -1.0)  # a camera looks down its -Z
+    _link(ng, info, "Rotation", fwd, "Rotation")
+    depth = _vmath(ng, "DOT_PRODUCT", x + 300, y)
+    _link(ng, rel, 0, depth, 0)
+    _link(ng, fwd, 0, depth, 1)
+    z = _math(ng, "MAXIMUM", x + 450, y, None, 0.0)
+    _link(ng, depth, "Value", z, 0)
+    s = _math(ng, "MULTIPLY", x + 600, y)
+    _link(ng, z, 0, s, 0)
+    ng.links.new(pixel_angle, s.inputs[1])
+    s2 = _math(ng, "MULTIPLY", x + 750, y)
+    _link(ng, s, 0, s2, 0)
+    _link(ng, s, 0, s2, 1)
+    out = _math(ng, "MULTIPLY", x + 900, y, None, SCREEN_DILATION_PX2)
+    _link(ng, s2, 0, out, 0)
+    return out.outputs[0]
+
+
+def _dilated_sigma(ng, sigma, s2, x, y):
+    """Math nodes for ``sqrt(sigma^2 + s2)`` (sockets in, socket out): a std-dev after the dilation."""
+    sq = _math(ng, "MULTIPLY", x, y)
+    ng.links.new(sigma, sq.inputs[0])
+    ng.links.new(sigma, sq.inputs[1])
+    add = _math(ng, "ADD", x + 150, y)
+    _link(ng, sq, 0, add, 0)
+    ng.links.new(s2, add.inputs[1])
+    root = _math(ng, "SQRT", x + 300, y)
+    _link(ng, add, 0, root, 0)
+    return root.outputs[0]
+
+
+def _camera_info(ng, x, y):
+    """The scene camera's Object Info in this object's frame (RELATIVE)."""
+    cam = ng.nodes.new("GeometryNodeInputActiveCamera")
+    cam.location = (x, y)
+    info = ng.nodes.new("GeometryNodeObjectInfo")
+    info.transform_space = "RELATIVE"
+    info.location = (x + 200, y)
+    _link(ng, cam, 0, info, "Object")
+    return info
+
+
+def _pixel_angle_socket(ng):
+    """Add the ``Pixel Angle`` group input (radians per pixel; 0 = no dilation)."""
+    sock = ng.interface.new_socket(PIXEL_ANGLE, in_out="INPUT", socket_type="NodeSocketFloat")
+    sock.default_value, sock.min_value, sock.max_value = 0.0, 0.0, 1.0
+    return sock
+
+
+def splat_filter_group():
+    """The geometry-nodes group that gives a Gaussian-splat point cloud (Blender >= 5.3) the
+    reference rasteriser's screen-space dilation (created once per .blend).
+
+    Blender's own splats are drawn without 3DGS's ``eps2d`` low-pass, so the many sub-pixel
+    Gaussians of a fitted avatar (eyes, ears, hair) fade out where the engine shows them. The
+    group replaces the evaluated ``scale`` attribute by ``sqrt(scale^2 + s^2)`` per axis
+    (:func:`_dilation_sq`; opacity unchanged, as in the reference): the rotation's axes are the
+    covariance's eigenvectors, so ``R (S^2 + s^2 I) R^T`` is exactly representable. The object's
+    own data is untouched (``read_packed`` and export read it)."""
+    ng = bpy.data.node_groups.get(FILTER_GROUP)
+    if ng is not None:
+        return ng
+    ng = bpy.data.node_groups.new(FILTER_GROUP, "GeometryNodeTree")
+    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    _pixel_angle_socket(ng)
+    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    n_in = ng.nodes.new("NodeGroupInput")
+    n_in.location = (-1200, 0)
+    n_out = ng.nodes.new("NodeGroupOutput")
+    n_out.location = (900, 0)
+    s2 = _dilation_sq(ng, _camera_info(ng, -1200, 400), n_in.outputs[PIXEL_ANGLE], -800, 400)
+    scale = ng.nodes.new("GeometryNodeInputNamedAttribute")
+    scale.data_type = "FLOAT_VECTOR"
+    scale.inputs["Name"].default_value = "scale"
+    scale.location = (-800, -200)
+    sep = ng.nodes.new("ShaderNodeSeparateXYZ")
+    sep.location = (-600, -200)
+    _link(ng, scale, "Attribute", sep, 0)
+    comb = ng.nodes.new("ShaderNodeCombineXYZ")
+    comb.location = (300, -200)
+    for i in range(3):
+        ng.links.new(_dilated_sigma(ng, sep.outputs[i], s2, -350, -100 - 120 * i), comb.inputs[i])
+    store = _store(ng, "scale", "FLOAT_VECTOR", 600, 0, (n_in, 0), (comb, 0))
+    _link(ng, store, "Geometry", n_out, 0)
+    return ng
+
+
+def _modifier_input(mod, name: str):
+    """(get, set) for the geometry-nodes modifier input called ``name`` (KeyError if none): an ID
+    property keyed by the socket identifier before Blender 5.0, ``mod.properties.inputs`` after."""
+    ident = next(s.identifier for s in mod.node_group.interface.items_tree
+                 if getattr(s, "in_out", None) == "INPUT" and s.name == name)
+    if hasattr(mod, "properties"):
+        item = getattr(mod.properties.inputs, ident)
+        return (lambda: item.value), (lambda v: setattr(item, "value", v))
+    return (lambda: mod[ident]), (lambda v: mod.__setitem__(ident, v))
+
+
+def pixel_angle(scene) -> float:
+    """Radians per pixel at the image centre (1 / focal length in pixels) of ``scene``'s camera at
+    its render resolution: ``2 tan(angle / 2) / N``, N the pixels along the sensor-fit axis
+    (Auto: the larger side; resolution percentage applied). 0.0 for no camera or a
+    non-perspective one (then no dilation)."""
+    cam = scene.camera
+    if cam is None or cam.type != "CAMERA" or cam.data.type != "PERSP":
+        return 0.0
+    r = scene.render
+    w, h = (r.resolution_x * r.resolution_percentage / 100.0, r.resolution_y * r.resolution_percentage / 100.0)
+    fit = cam.data.sensor_fit
+    n = w if fit == "HORIZONTAL" else h if fit == "VERTICAL" else max(w, h)
+    return 2.0 * math.tan(0.5 * cam.data.angle) / max(n, 1.0)
+
+
+def update_pixel_angles(scene) -> int:
+    """Set the ``Pixel Angle`` of every avatar's display / filter modifier in ``scene`` to
+    :func:`pixel_angle` (the add-on does this at creation and before every render); returns how
+    many modifiers changed."""
+    value, n = pixel_angle(scene), 0
+    for obj in scene.objects:
+        mod = obj.modifiers.get(DISPLAY_MODIFIER) or obj.modifiers.get(FILTER_MODIFIER)
+        if mod is None or mod.type != "NODES" or mod.node_group is None:
+            continue
+        try:
+            get, put = _modifier_input(mod, PIXEL_ANGLE)
+        except StopIteration:  # a display group from before the dilation
+            continue
+        if abs(get() - value) > 1e-12:
+            put(value)
+            obj.update_tag()  # an ID-property write does not tag the depsgraph itself
+            n += 1
+    return n
+
+
 # ---------------------------------------------------------------------- objects
 def is_avatar(obj) -> bool:
     """Whether ``obj`` is a FastAvatar avatar (a mesh or point-cloud object carrying a code)."""
@@ -539,9 +708,9 @@ def create_avatar_object(context, g, code, *, name: str = "Avatar", model_id: st
     (context.collection or context.scene.collection).objects.link(obj)
     set_avatar_metadata(obj, code, model_id=model_id, photo=photo, face_index=face_index, camera=camera,
                         refined_steps=refined_steps)
-    if not native:
-        mod = obj.modifiers.new("FastAvatar Splats", "NODES")
-        mod.node_group = splat_node_group()
+    mod = obj.modifiers.new(FILTER_MODIFIER if native else DISPLAY_MODIFIER, "NODES")
+    mod.node_group = splat_filter_group() if native else splat_node_group()
+    update_pixel_angles(context.scene)
     return obj
 
 

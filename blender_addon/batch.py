@@ -139,6 +139,7 @@ def frame_camera(scene, obj, resolution: int):
     scene.camera = cam
     scene.render.resolution_x = scene.render.resolution_y = resolution
     scene.render.resolution_percentage = 100
+    addon_package(scene).avatar.update_pixel_angles(scene)
     return cam
 
 

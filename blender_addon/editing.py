@@ -356,6 +356,7 @@ def render_init(*_):
     global _rendering
     _rendering = True
     scene = bpy.context.scene
+    avatar_mod.update_pixel_angles(scene)  # the splat display's dilation follows the render camera
     for obj in [o for o in scene.objects if editable(o)]:
         c = _cache.get(obj.session_uid)
         if c is None or not c.get("exact"):

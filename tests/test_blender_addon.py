@@ -69,8 +69,9 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, gene
     assert obj["vertices"] == 10144 and obj["edges"] == 0 and obj["faces"] == 0  # vertices only
     assert obj["model_id"] == "fastavatar-default-v1" and obj["photo"].endswith("astronaut.png")
     assert obj["camera_json"]
-    if native_splat_line(blender_python):  # Blender's own Gaussian splats, no display modifier
-        assert obj["type"] == "POINTCLOUD" and obj["data_type"] == "GAUSSIAN_SPLAT" and obj["modifiers"] == []
+    if native_splat_line(blender_python):  # Blender's own Gaussian splats, with the screen-space dilation
+        assert obj["type"] == "POINTCLOUD" and obj["data_type"] == "GAUSSIAN_SPLAT" and obj["modifiers"] == ["NODES"]
+        assert obj["node_group"] == "FastAvatar Splat Filter"
     else:
         assert obj["type"] == "MESH" and obj["modifiers"] == ["NODES"] and obj["node_group"] == "FastAvatar Splats"
     data = np.load(out / "generated.npz")
@@ -116,6 +117,38 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, gene
                   [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
     np.testing.assert_allclose(local[:3, :3], R * (3.0 * np.exp(g.log_scales[i])), rtol=1e-3, atol=1e-7)
 
+
+
+def test_display_dilation_is_the_reference_rasterisers_eps2d(blender_python, generated):
+    """With a scene camera, every displayed splat's std-devs are sqrt(sigma^2 + eps2d (z / f)^2):
+    the engine rasteriser's 0.3 px^2 low-pass as a 3D dilation (checked against the projection in
+    tests/test_render.py), z the splat's depth from the camera, f its focal length in pixels."""
+    import inspect
+
+    from fastavatar_engine.render.torch_rasterizer import rasterize
+
+    out, r = generated
+    d = r["dilation"]
+    assert d["eps2d"] == inspect.signature(rasterize).parameters["eps2d"].default
+    f = 0.5 * 256 / np.tan(0.5 * d["fov"])  # the benchmark's and the batch camera's focal length (px)
+    assert d["pixel_angle"] == pytest.approx(1.0 / f, rel=1e-6)
+    data = np.load(out / "generated.npz")
+    means = data["co"]
+    log_scales = np.stack([data[f"scale_{i}"] for i in range(3)], 1)
+    c2w = np.array(d["c2w"])  # OpenGL camera in the avatar's frame: it looks down its -Z
+    z = (means - c2w[:3, 3]) @ -c2w[:3, 2]
+    assert z.min() > 0.3
+    expected = np.sqrt(np.exp(2 * log_scales) + d["eps2d"] * (z / f)[:, None] ** 2)
+    assert (expected / np.exp(log_scales)).max() > 1.5  # the dilation matters for the smallest splats
+    if native_splat_line(blender_python):
+        np.testing.assert_allclose(np.load(out / "scale_stored.npy"), np.exp(log_scales), rtol=1e-5)  # data untouched
+        np.testing.assert_allclose(np.load(out / "scale_dilated.npy"), expected, rtol=1e-4)
+    else:
+        inst = np.load(out / "instances_dilated.npy")
+        local = np.linalg.inv(data["matrix_world"]) @ inst
+        got = np.linalg.norm(local[:, :3, :3], axis=1) / 3.0  # column norms: the 3-sigma proxy's radii
+        np.testing.assert_allclose(got, expected, rtol=1e-3)
+        np.testing.assert_allclose(local[:, :3, 3], means, atol=1e-5)
 
 
 def _read_dump(npz) -> "GaussianSet":

@@ -240,3 +240,35 @@ def test_render_interface_validation():
     bad.means[0, 0] = float("nan")
     with pytest.raises(ValueError, match="means"):
         render(bad, C2W, K, 8, 8)
+
+
+def test_isotropic_3d_dilation_reproduces_eps2d():
+    """The add-on's display dilation (blender_addon.avatar._dilation_sq): adding
+    s^2 = eps2d (z / f)^2 to each 3D covariance projects to the rasteriser's ``+ eps2d I`` in the
+    image, up to the field angle's square (here within 5% of eps2d over a 25 deg view)."""
+    from fastavatar_engine.render.torch_rasterizer import project_gaussians
+
+    rng = np.random.default_rng(3)
+    n, eps2d = 400, 0.3
+    means = rng.uniform(-0.08, 0.08, (n, 3)).astype(np.float32)
+    log_scales = rng.uniform(np.log(2e-4), np.log(2e-2), (n, 3)).astype(np.float32)
+    rot = rng.normal(size=(n, 4)).astype(np.float32)
+    c2w = look_at(np.array([0.05, 0.02, 0.75]), np.zeros(3))
+    W = 256
+    f = 0.5 * W / math.tan(math.radians(12.5))
+    K = intrinsics(f, f, W / 2, W / 2)
+    z = (means - c2w[:3, 3]) @ -c2w[:3, 2]  # depth along the OpenGL camera's -Z
+    dilated = 0.5 * np.log(np.exp(2 * log_scales) + eps2d * (z / f)[:, None] ** 2)
+
+    def cov2d(ls, eps):
+        g = GaussianTensors.from_numpy(GaussianSet(means, ls.astype(np.float32), rot, np.zeros(n, np.float32),
+                                                   np.zeros((n, 16, 3), np.float32)), dtype=torch.float64)
+        vm = torch.as_tensor(viewmat_from_c2w(c2w), dtype=torch.float64)
+        proj = project_gaussians(g, vm, torch.as_tensor(K, dtype=torch.float64), W, W, eps2d=eps)
+        a, b, c = proj["conics"].unbind(-1)  # the inverse of the projected covariance
+        det = a * c - b * b
+        return torch.stack([c / det, -b / det, a / det], -1).numpy()  # (Sxx, Sxy, Syy) px^2
+
+    ref, got = cov2d(log_scales, eps2d), cov2d(dilated, 0.0)
+    np.testing.assert_allclose(got, ref, atol=0.05 * eps2d, rtol=1e-6)
+    assert np.abs(cov2d(log_scales, 0.0) - ref).max() >= eps2d * 0.999  # without it they differ by eps2d

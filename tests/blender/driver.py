@@ -393,6 +393,27 @@ def main():
                 result["ply_import"] = dump_object(imported, out, "ply_import") | {"data_type": imported.data.type}
                 bpy.data.objects.remove(imported)
                 bpy.context.view_layer.objects.active = obj
+            # the display's screen-space dilation follows the scene camera (none above: no camera)
+            from blender_addon import batch as _batch
+
+            cam = _batch.frame_camera(scene, obj, 256)
+            dg = bpy.context.evaluated_depsgraph_get()
+            result["dilation"] = {"pixel_angle": _addon.avatar.pixel_angle(scene), "fov": cam.data.angle,
+                                  "eps2d": _addon.avatar.SCREEN_DILATION_PX2,
+                                  "c2w": (np.linalg.inv(np.array(obj.matrix_world)) @ np.array(cam.matrix_world)).tolist()}
+            if obj.type == "MESH":
+                mats = [np.array(i.matrix_world) for i in dg.object_instances
+                        if i.is_instance and i.parent and i.parent.original == obj]
+                np.save(out / "instances_dilated.npy", np.stack(mats))
+            else:
+                ev = obj.evaluated_get(dg).data
+                sc = np.empty(len(ev.points) * 3, np.float32)
+                ev.attributes["scale"].data.foreach_get("vector", sc)
+                np.save(out / "scale_dilated.npy", sc.reshape(-1, 3))
+                sc0 = np.empty(len(obj.data.points) * 3, np.float32)
+                obj.data.attributes["scale"].data.foreach_get("vector", sc0)
+                np.save(out / "scale_stored.npy", sc0.reshape(-1, 3))
+            bpy.data.objects.remove(cam)
             # a photo without a face: clear message, scene unchanged
             n_before = len(bpy.data.objects)
             scene.fastavatar.photo_path = bad_photo
