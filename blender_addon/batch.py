@@ -149,7 +149,7 @@ def setup_cycles(scene, samples: int):
     scene.render.engine = "CYCLES"
     scene.cycles.device = "CPU"
     scene.cycles.samples = samples
-    scene.cycles.use_denoising = False
+    scene.cycles.use_denoising = True  # Blender's default for a new scene: no stochastic-transparency grain (+0.2 dB, +0.4 s)
     scene.cycles.transparent_max_bounces = 256  # splats overlap many times along a ray
     scene.cycles.min_transparent_bounces = 8  # a few before Russian roulette may end a ray (256: 13x the time, +0.2 dB)
     scene.cycles.max_bounces = 256
