@@ -104,9 +104,12 @@ def test_avatar_display_psnr_against_the_engine(blender_python, engine, avatar_p
     with capsys.disabled():
         print(f"\n[display] {row['blender']} {row['representation']} {engine} {row['samples']} spp "
               f"{row['resolution']} px: PSNR {row['psnr_db']} dB (head {row['psnr_head_db']}), vs linear-light "
-              f"compositing {row['psnr_linear_light_db']} dB, render {row['render_s']} s")
+              f"compositing {row['psnr_linear_light_db']} dB (a perfect linear-light display: "
+              f"{row['ceiling_linear_light_db']} dB), render {row['render_s']} s")
     # drawn faithfully: the splats as Blender composites them (linear light) match the reference
     assert row["psnr_linear_light_db"] >= 30.0
-    # against the 3DGS reference itself (sRGB compositing), measured 28.9 / 25.8 / 24.7 / 24.7 dB
-    floor = {("native", "eevee"): 28.0, ("native", "cycles"): 25.0, ("mesh", "cycles"): 24.0, ("mesh", "eevee"): 24.0}
+    # against the 3DGS reference itself (sRGB compositing): the targets where they are met
+    # (5.3 EEVEE 28, mesh Cycles 25; measured 29.7 / 25.3 dB); 5.3 Cycles measured 26.7 (target 28:
+    # linear-light compositing caps it, see the README), mesh EEVEE 25.2
+    floor = {("native", "eevee"): 28.0, ("native", "cycles"): 26.0, ("mesh", "cycles"): 25.0, ("mesh", "eevee"): 24.5}
     assert row["psnr_db"] >= floor[("native" if native_splat_line(blender_python) else "mesh", engine)]
