@@ -307,18 +307,15 @@ def splat_node_group():
     ng = bpy.data.node_groups.get(NODE_GROUP)
     if ng is not None:
         return ng
-    ng = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
-    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    scale_socket = ng.interface.new_socket("Splat Scale", in_out="INPUT", socket_type="NodeSocketFloat")
-    scale_socket.default_value, scale_socket.min_value, scale_socket.max_value = SPLAT_SIGMAS, 0.5, 10.0
-    sub = ng.interface.new_socket("Subdivisions", in_out="INPUT", socket_type="NodeSocketInt")
-    sub.default_value, sub.min_value, sub.max_value = 2, 1, 4
-    _pixel_angle_socket(ng)
-    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
-    n_in = ng.nodes.new("NodeGroupInput")
-    n_in.location = (-2000, 0)
-    n_out = ng.nodes.new("NodeGroupOutput")
-    n_out.location = (1100, 0)
+
+    def inputs(ng):
+        scale_socket = ng.interface.new_socket("Splat Scale", in_out="INPUT", socket_type="NodeSocketFloat")
+        scale_socket.default_value, scale_socket.min_value, scale_socket.max_value = SPLAT_SIGMAS, 0.5, 10.0
+        sub = ng.interface.new_socket("Subdivisions", in_out="INPUT", socket_type="NodeSocketInt")
+        sub.default_value, sub.min_value, sub.max_value = 2, 1, 4
+        _pixel_angle_socket(ng)
+
+    ng, n_in, n_out = _geometry_group(NODE_GROUP, inputs, (-2000, 0), (1100, 0))
 
     # view direction: from the scene camera (in this object's frame) to the splat, normalised
     info = _camera_info(ng, -1900, 900)
@@ -581,6 +578,20 @@ def _camera_info(ng, x, y):
     return info
 
 
+def _geometry_group(name: str, add_inputs, at_in, at_out):
+    """A new geometry-nodes group ``name``: a Geometry input, the inputs ``add_inputs(ng)`` adds,
+    a Geometry output; returns ``(group, Group Input node, Group Output node)``."""
+    ng = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    add_inputs(ng)
+    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    n_in = ng.nodes.new("NodeGroupInput")
+    n_in.location = at_in
+    n_out = ng.nodes.new("NodeGroupOutput")
+    n_out.location = at_out
+    return ng, n_in, n_out
+
+
 def _pixel_angle_socket(ng):
     """Add the ``Pixel Angle`` group input (radians per pixel; 0 = no dilation)."""
     sock = ng.interface.new_socket(PIXEL_ANGLE, in_out="INPUT", socket_type="NodeSocketFloat")
@@ -601,14 +612,7 @@ def splat_filter_group():
     ng = bpy.data.node_groups.get(FILTER_GROUP)
     if ng is not None:
         return ng
-    ng = bpy.data.node_groups.new(FILTER_GROUP, "GeometryNodeTree")
-    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
-    _pixel_angle_socket(ng)
-    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
-    n_in = ng.nodes.new("NodeGroupInput")
-    n_in.location = (-1200, 0)
-    n_out = ng.nodes.new("NodeGroupOutput")
-    n_out.location = (900, 0)
+    ng, n_in, n_out = _geometry_group(FILTER_GROUP, _pixel_angle_socket, (-1200, 0), (900, 0))
     s2 = _dilation_sq(ng, _camera_info(ng, -1200, 400), n_in.outputs[PIXEL_ANGLE], -800, 400)
     scale = ng.nodes.new("GeometryNodeInputNamedAttribute")
     scale.data_type = "FLOAT_VECTOR"
