@@ -631,10 +631,13 @@ def splat_filter_group():
 
 
 def _modifier_input(mod, name: str):
-    """(get, set) for the geometry-nodes modifier input called ``name`` (KeyError if none): an ID
-    property keyed by the socket identifier before Blender 5.0, ``mod.properties.inputs`` after."""
-    ident = next(s.identifier for s in mod.node_group.interface.items_tree
-                 if getattr(s, "in_out", None) == "INPUT" and s.name == name)
+    """(get, set) for the geometry-nodes modifier input called ``name``: an ID property keyed by
+    the socket identifier before Blender 5.0, ``mod.properties.inputs`` after. Raises KeyError
+    when ``mod`` has no node group or its group no such input."""
+    ident = next((s.identifier for s in (mod.node_group.interface.items_tree if mod.node_group else ())
+                  if getattr(s, "in_out", None) == "INPUT" and s.name == name), None)
+    if ident is None:
+        raise KeyError(name)
     if hasattr(mod, "properties"):
         item = getattr(mod.properties.inputs, ident)
         return (lambda: item.value), (lambda v: setattr(item, "value", v))
@@ -657,22 +660,26 @@ def pixel_angle(scene) -> float:
 
 
 def update_pixel_angles(scene) -> int:
-    """Set the ``Pixel Angle`` of every avatar's display / filter modifier in ``scene`` to
-    :func:`pixel_angle` (the add-on does this at creation and before every render); returns how
-    many modifiers changed."""
+    """Set the ``Pixel Angle`` input of every avatar's geometry-nodes modifiers in ``scene`` (the
+    display or the filter, whatever they are called now; appended ones too) to
+    :func:`pixel_angle`; the add-on does this at creation and before every render. A modifier
+    without the input (a display saved before the dilation) is left alone. Returns how many
+    modifiers changed."""
     value, n = pixel_angle(scene), 0
     for obj in scene.objects:
-        mod = obj.modifiers.get(DISPLAY_MODIFIER) or obj.modifiers.get(FILTER_MODIFIER)
-        if mod is None or mod.type != "NODES" or mod.node_group is None:
+        if not is_avatar(obj):
             continue
-        try:
-            get, put = _modifier_input(mod, PIXEL_ANGLE)
-        except StopIteration:  # a display group from before the dilation
-            continue
-        if abs(get() - value) > 1e-12:
-            put(value)
-            obj.update_tag()  # an ID-property write does not tag the depsgraph itself
-            n += 1
+        for mod in obj.modifiers:
+            if mod.type != "NODES":
+                continue
+            try:
+                get, put = _modifier_input(mod, PIXEL_ANGLE)
+            except KeyError:
+                continue
+            if abs(get() - value) > 1e-12:
+                put(value)
+                obj.update_tag()  # an ID-property write does not tag the depsgraph itself
+                n += 1
     return n
 
 

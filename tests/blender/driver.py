@@ -396,6 +396,7 @@ def main():
             # the display's screen-space dilation follows the scene camera (none above: no camera)
             from blender_addon import batch as _batch
 
+            obj.modifiers[0].name = "Renamed by the artist"  # found by its input, not its name
             cam = _batch.frame_camera(scene, obj, 256)
             dg = bpy.context.evaluated_depsgraph_get()
             result["dilation"] = {"pixel_angle": _addon.avatar.pixel_angle(scene), "fov": cam.data.angle,
