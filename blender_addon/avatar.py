@@ -376,7 +376,7 @@ def splat_node_group():
         _link(ng, _named(ng, f"rot_{i}", -900, -550 - 110 * i), "Attribute", q, sock)
     sc = ng.nodes.new("ShaderNodeCombineXYZ")
     sc.location = (-600, -1050)
-    s2 = _dilation_sq(ng, info, n_in.outputs[PIXEL_ANGLE], -2000, -1500)
+    s2 = _dilation_sq(ng, info, n_in.outputs[PIXEL_ANGLE], -2000, -1500, rel=dvec)
     for i in range(3):
         e = _math(ng, "EXPONENT", -1100, -1000 - 110 * i)
         _link(ng, _named(ng, f"scale_{i}", -1300, -1000 - 110 * i), "Attribute", e, 0)
@@ -520,7 +520,7 @@ FILTER_MODIFIER = "FastAvatar Splat Filter"
 DISPLAY_MODIFIER = "FastAvatar Splats"
 
 
-def _dilation_sq(ng, info, pixel_angle, x, y):
+def _dilation_sq(ng, info, pixel_angle, x, y, rel=None):
     """Nodes for the reference rasteriser's ``eps2d`` as a 3D dilation; returns the output socket.
 
     Adding ``s^2 I`` to a Gaussian's 3D covariance adds ``s^2 J J^T ~ s^2 (f/z)^2 I`` to its
@@ -528,12 +528,14 @@ def _dilation_sq(ng, info, pixel_angle, x, y):
     3DGS's ``+ eps2d I`` in the image (exactly at the image centre, to second order in the
     field angle elsewhere). z = the point's depth along the camera's view axis (``info``: Object
     Info of the scene camera, RELATIVE, so z is in this object's units), ``pixel_angle`` =
-    1 / f in radians per pixel (:func:`pixel_angle`). Per point field, m^2 in object units."""
-    pos = ng.nodes.new("GeometryNodeInputPosition")
-    pos.location = (x, y)
-    rel = _vmath(ng, "SUBTRACT", x + 150, y)
-    _link(ng, pos, 0, rel, 0)
-    _link(ng, info, "Location", rel, 1)
+    1 / f in radians per pixel (:func:`pixel_angle`); ``rel``: an existing node whose output 0 is
+    position - camera location (made here when None). Per point field, m^2 in object units."""
+    if rel is None:
+        pos = ng.nodes.new("GeometryNodeInputPosition")
+        pos.location = (x, y)
+        rel = _vmath(ng, "SUBTRACT", x + 150, y)
+        _link(ng, pos, 0, rel, 0)
+        _link(ng, info, "Location", rel, 1)
     fwd = ng.nodes.new("FunctionNodeRotateVector")
     fwd.location = (x + 150, y - 150)
     fwd.inputs["Vector"].default_value = (0.0, 0.0, -1.0)  # a camera looks down its -Z
