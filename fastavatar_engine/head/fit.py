@@ -1,0 +1,331 @@
+"""Camera and head shape from a photo's landmarks, in one fit.
+
+:func:`fit_head` fits, to the 478 MediaPipe landmarks of one or more photos of one person:
+
+* per photo a camera: rotation (axis-angle), translation (metres) and focal length (pixels,
+  square pixels, principal point at the image centre) unless the intrinsics are given;
+* per photo the 53 ARKit expression coefficients (in [0,1] through a sigmoid; L1 prior);
+* one set of identity coefficients shared by all photos (Gaussian prior N(0,1): ICT's modes are
+  scaled by their standard deviation).
+
+The fixed landmarks are matched to their points on the mesh (:mod:`.landmarks`); the cheek and
+jaw contour landmarks to the silhouette of the posed mesh (each outer round re-picks, for each
+contour landmark, the closest projected silhouette vertex among the contour candidates:
+"landmark marching", as in 3DDFA). Landmarks on the far side of a turned head are down-weighted
+by their mesh normal. Residuals are measured in units of the face's size in the image
+(``sqrt`` of the landmarks' bounding-box area), so priors mean the same at any resolution.
+The optimiser is PyTorch's L-BFGS (strong-Wolfe line search) in float64. It starts from the
+PnP camera against the mean landmark template (:func:`fastavatar_engine.face.estimate_camera`),
+which also stays the fallback when the fit does not converge (see :class:`HeadFit.converged`).
+
+Frames: the engine's head frame (y up, metres, face towards +z); cameras come out as
+:class:`~fastavatar_engine.face.pose.CameraEstimate` (OpenGL c2w, K in pixels).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..face.landmarks import IRIS_LANDMARKS
+from .basis import NUM_EXPRESSION, NUM_IDENTITY, HeadModel, load_head_model
+from .landmarks import CONTOUR, LandmarkBinding, contour_candidates
+
+#: Fit settings (see :func:`fit_head`); measured on the 48 calibrated sample views.
+LANDMARK_SIGMA = 0.01     # landmark noise, as a fraction of the face size
+IDENTITY_WEIGHT = 1.0     # weight of sum(identity^2)
+EXPRESSION_WEIGHT = 0.5   # weight of sum(expression) (L1 on [0,1])
+FOCAL_SIGMA = 0.5         # prior std-dev of log(focal / default focal)
+CONTOUR_WEIGHT = 0.5      # weight of a contour landmark relative to a fixed one
+SILHOUETTE_COS = 0.2      # |normal . view| below which a candidate vertex is on the silhouette
+DATA_WEIGHT = 50.0        # the landmark term is DATA_WEIGHT x its mean over landmarks (MediaPipe's
+                          # errors are correlated, so the 468 points count as far fewer observations)
+FIT_SHAPE = True          # False: rigid camera fit on the registered mean head only (diagnostics)
+FIT_EXPRESSION = True     # False: identity only
+FIT_FOCAL = True          # False: keep the starting focal length (default field of view or EXIF)
+RELIABILITY_WEIGHTS = False  # weight landmarks by their multi-view consistency (template statistics)
+
+
+@dataclass
+class HeadFit:
+    """Result of :func:`fit_head`.
+
+    Attributes:
+        identity: [100] float64 identity coefficients (shared by the photos).
+        expressions: [P,53] float64 expression coefficients per photo, in [0,1].
+        cameras: per photo a :class:`~fastavatar_engine.face.pose.CameraEstimate` relative to the
+            fitted head (``focal_source`` 'head_fit', or the given K's source).
+        rms_px: [P] RMS landmark error per photo (pixels, fixed landmarks).
+        converged: False when a photo's error stayed above ``max_rms_face`` of its face size, a
+            value became non-finite or a camera implausible; the caller should then use the PnP
+            camera (``fallback``) and say so.
+        reason: why it did not converge ('' when it did).
+        seconds: wall time of the fit.
+    """
+
+    identity: np.ndarray
+    expressions: np.ndarray
+    cameras: list
+    rms_px: np.ndarray
+    converged: bool
+    reason: str = ""
+    seconds: float = 0.0
+    fallback: list = field(default_factory=list)
+
+    def vertices(self, model: HeadModel | None = None, photo: int | None = None) -> np.ndarray:
+        """[V,3] engine-frame vertices of the fitted head (neutral expression unless ``photo`` given)."""
+        m = model or load_head_model()
+        return m.vertices(self.identity, None if photo is None else self.expressions[photo])
+
+
+class _Problem:
+    """Precomputed landmark and contour bases of the head model (torch float64)."""
+
+    def __init__(self, model: HeadModel, num_identity: int):
+        import torch
+
+        self.model = model
+        self.nid = num_identity
+        lb = LandmarkBinding.from_json(model.registration["landmarks"])
+        fixed = [i for i in range(478) if lb.tri[i] >= 0 and i not in IRIS_LANDMARKS and i not in CONTOUR]
+        self.fixed = np.asarray(fixed)
+        self.reliability = np.ones(len(fixed))
+        if RELIABILITY_WEIGHTS:
+            from ..face.pose import load_landmark_template
+
+            rms = np.asarray(load_landmark_template().meta["per_landmark"]["reproj_rms_px"])[self.fixed]
+            self.reliability = (np.median(rms) / rms) ** 2
+        W = lb.matrix(model.triangles, model.num_vertices, self.fixed)
+        mean, modes = model.torch_basis(dtype=torch.float64)
+        V = model.num_vertices
+        mean3, modes3 = mean.view(V, 3), modes.view(len(modes), V, 3)
+        keep = np.r_[np.arange(num_identity), NUM_IDENTITY + np.arange(NUM_EXPRESSION)]
+        Wt = torch.as_tensor(W)
+        self.lm_mean = Wt @ mean3                                   # [L,3]
+        self.lm_modes = torch.einsum("lv,kvd->kld", Wt, modes3[keep])  # [K,L,3]
+        cand = contour_candidates(model.neutral_cm.astype(np.float64), lb, model.triangles)
+        self.cand = cand
+        self.c_mean = mean3[cand]
+        self.c_modes = modes3[keep][:, cand]
+        self.keep = keep
+        # vertex -> incident triangles, for normals of the candidates
+        self.tris = model.triangles
+
+    def coeffs_full(self, a, b):
+        return np.r_[np.pad(a, (0, NUM_IDENTITY - len(a))), b]
+
+    def normals(self, V: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        T = self.tris
+        fn = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
+        vn = np.zeros_like(V)
+        for k in range(3):
+            np.add.at(vn, T[:, k], fn)
+        vn = vn[idx]
+        return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+
+
+def _rodrigues(r):
+    import torch
+
+    th = torch.sqrt((r * r).sum() + 1e-20)
+    k = r / th
+    Kx = torch.zeros(3, 3, dtype=r.dtype)
+    Kx[0, 1], Kx[0, 2], Kx[1, 0], Kx[1, 2], Kx[2, 0], Kx[2, 1] = -k[2], k[1], k[2], -k[0], -k[1], k[0]
+    return torch.eye(3, dtype=r.dtype) + torch.sin(th) * Kx + (1 - torch.cos(th)) * (Kx @ Kx)
+
+
+def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int = NUM_IDENTITY,
+             rounds: int = 4, iterations: int = 40, max_rms_face: float = 0.05) -> HeadFit:
+    """Fit cameras, identity and expressions to the landmarks of one person's photos.
+
+    Args:
+        faces: a :class:`~fastavatar_engine.face.Face` or a list of them (one per photo), with
+            478 landmarks in continuous pixel coordinates.
+        Ks: None (unknown cameras: focal fitted, principal point at the centre), or per photo a
+            [3,3] K or None; a given K is kept fixed.
+        model: the head model (the packaged one by default); it must carry a registration.
+        num_identity: how many identity modes to fit (the rest stay 0).
+        rounds: outer rounds (contour re-assignment and visibility weights).
+        iterations: L-BFGS iterations per round.
+        max_rms_face: convergence test on the final RMS error as a fraction of the face size.
+    Returns a :class:`HeadFit`. Raises ``ValueError`` for malformed landmarks and
+    :class:`~fastavatar_engine.face.pose.PoseEstimationError` when even the starting PnP fails.
+    """
+    import time
+
+    import torch
+
+    from ..cameras import c2w_from_viewmat, intrinsics, viewmat_from_c2w
+    from ..face.pose import CameraEstimate, camera_angles, default_intrinsics, estimate_camera
+
+    t0 = time.perf_counter()
+    faces = list(faces) if isinstance(faces, (list, tuple)) else [faces]
+    Ks = list(Ks) if Ks is not None else [None] * len(faces)
+    if len(Ks) != len(faces) or not faces:
+        raise ValueError("fit_head: give one K (or None) per face")
+    m = model or load_head_model()
+    if "landmarks" not in m.registration:
+        raise ValueError("fit_head: the head model has no landmark registration")
+    prob = _problem(m, num_identity)
+    dt = torch.float64
+    P = len(faces)
+    obs, scales, f0s, pps, fixed_focal, init = [], [], [], [], [], []
+    for face, K in zip(faces, Ks):
+        uv = np.asarray(face.landmarks, np.float64)[:, :2]
+        if uv.shape != (478, 2) or not np.isfinite(uv).all():
+            raise ValueError(f"fit_head: expected finite [478,2] landmarks, got {uv.shape}")
+        w, h = face.image_size
+        lo, hi = uv[:468].min(0), uv[:468].max(0)
+        scales.append(float(np.sqrt(np.prod(np.maximum(hi - lo, 1.0)))))
+        K0 = default_intrinsics(w, h) if K is None else np.asarray(K, np.float64)
+        f0s.append(float(K0[0, 0]))
+        pps.append((float(K0[0, 2]), float(K0[1, 2])))
+        fixed_focal.append(K is not None)
+        cam = estimate_camera(face, K=K0)
+        init.append(cam)
+        obs.append(torch.as_tensor(uv, dtype=dt))
+    # parameters
+    rv, tv = [], []
+    for cam in init:
+        vm = viewmat_from_c2w(cam.c2w)
+        import cv2
+
+        rv.append(cv2.Rodrigues(vm[:3, :3])[0][:, 0])
+        tv.append(vm[:3, 3])
+    rvec = torch.tensor(np.array(rv), dtype=dt, requires_grad=True)
+    tvec = torch.tensor(np.array(tv), dtype=dt, requires_grad=True)
+    logf = torch.zeros(P, dtype=dt, requires_grad=True)
+    ida = torch.zeros(num_identity, dtype=dt, requires_grad=True)
+    exr = torch.full((P, NUM_EXPRESSION), -4.0, dtype=dt, requires_grad=True)
+    f0 = torch.tensor(f0s, dtype=dt)
+    pp = torch.tensor(pps, dtype=dt)
+    free_f = torch.tensor([0.0 if ff or not FIT_FOCAL else 1.0 for ff in fixed_focal], dtype=dt)
+    sc = torch.tensor(scales, dtype=dt)
+    fixed = prob.fixed
+    contour_idx = [np.zeros(len(CONTOUR), np.int64)] * P
+    vis_w = [torch.ones(len(fixed), dtype=dt)] * P
+
+    def project(p, X):
+        R = _rodrigues(rvec[p])
+        Xc = X @ R.T + tvec[p]
+        f = f0[p] * torch.exp(logf[p] * free_f[p])
+        z = Xc[:, 2].clamp_min(1e-3)
+        return torch.stack([f * Xc[:, 0] / z + pp[p, 0], f * Xc[:, 1] / z + pp[p, 1]], -1)
+
+    def coeffs(p):
+        return torch.cat([ida, torch.sigmoid(exr[p])])
+
+    def landmarks3d(p):
+        c = coeffs(p)
+        return prob.lm_mean + torch.einsum("k,kld->ld", c, prob.lm_modes), \
+            prob.c_mean + torch.einsum("k,kld->ld", c, prob.c_modes)
+
+    def loss_fn():
+        total = 0.0
+        for p in range(P):
+            L, C = landmarks3d(p)
+            r = (project(p, L) - obs[p][fixed]) / (sc[p] * LANDMARK_SIGMA)
+            rc = (project(p, C[contour_idx[p]]) - obs[p][list(CONTOUR)]) / (sc[p] * LANDMARK_SIGMA)
+            data = (vis_w[p] * _huber(r.norm(dim=-1))).sum() + CONTOUR_WEIGHT * _huber(rc.norm(dim=-1)).sum()
+            total = total + DATA_WEIGHT * data / (vis_w[p].sum() + CONTOUR_WEIGHT * len(CONTOUR))
+            total = total + EXPRESSION_WEIGHT * torch.sigmoid(exr[p]).sum()
+            total = total + 0.5 * (logf[p] * free_f[p] / FOCAL_SIGMA) ** 2
+        return total / P + IDENTITY_WEIGHT * (ida ** 2).sum()
+
+    params = [rvec, tvec, logf] + ([ida] if FIT_SHAPE else []) + ([exr] if FIT_SHAPE and FIT_EXPRESSION else [])
+    opt = torch.optim.LBFGS(params, lr=1, max_iter=iterations, history_size=20,
+                            line_search_fn="strong_wolfe")
+    for _ in range(rounds):
+        with torch.no_grad():
+            for p in range(P):
+                full = prob.coeffs_full(ida.numpy(), torch.sigmoid(exr[p]).numpy())
+                V = m.vertices(full[:NUM_IDENTITY], full[NUM_IDENTITY:])
+                R = _rodrigues(rvec[p]).numpy()
+                cam_c = -R.T @ tvec[p].numpy()  # camera centre in the head frame
+                # visibility of the fixed landmarks from their mesh normals
+                lb_pts = (prob.lm_mean + torch.einsum("k,kld->ld", coeffs(p), prob.lm_modes)).numpy()
+                nrm = _landmark_normals(prob, V)
+                view = cam_c[None] - lb_pts
+                view /= np.linalg.norm(view, axis=1, keepdims=True)
+                cosv = (nrm * view).sum(1)
+                vis_w[p] = torch.as_tensor(np.clip((cosv - 0.0) / 0.3, 0.05, 1.0) * prob.reliability, dtype=dt)
+                # silhouette candidates and nearest assignment of the contour landmarks
+                cn = prob.normals(V, prob.cand)
+                cview = cam_c[None] - V[prob.cand]
+                cview /= np.linalg.norm(cview, axis=1, keepdims=True)
+                sil = np.abs((cn * cview).sum(1)) < SILHOUETTE_COS
+                if sil.sum() < 3:
+                    sil = np.ones(len(prob.cand), bool)
+                C = prob.c_mean + torch.einsum("k,kld->ld", coeffs(p), prob.c_modes)
+                uvc = project(p, C).numpy()
+                target = obs[p][list(CONTOUR)].numpy()
+                d = np.linalg.norm(uvc[None, sil] - target[:, None], axis=2)
+                contour_idx[p] = np.nonzero(sil)[0][d.argmin(1)]
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    # results
+    cams, rms, reason = [], [], ""
+    with torch.no_grad():
+        for p in range(P):
+            L, _ = landmarks3d(p)
+            uv = project(p, L).numpy()
+            err = np.linalg.norm(uv - obs[p][fixed].numpy(), axis=1)
+            rms.append(float(np.sqrt(np.mean(err ** 2))))
+            R = _rodrigues(rvec[p]).numpy()
+            vm = np.eye(4)
+            vm[:3, :3], vm[:3, 3] = R, tvec[p].numpy()
+            f = float(f0[p] * torch.exp(logf[p] * free_f[p]))
+            K = intrinsics(f, f, float(pp[p, 0]), float(pp[p, 1]))
+            c2w = c2w_from_viewmat(vm)
+            yaw, pitch, roll = camera_angles(c2w)
+            w, h = faces[p].image_size
+            depth = (L.numpy() @ R.T + tvec[p].numpy())[:, 2]
+            fov = math.degrees(2 * math.atan(0.5 * max(w, h) / f))
+            if not np.isfinite(vm).all() or not math.isfinite(f):
+                reason = reason or f"photo {p}: non-finite fit"
+            elif (depth <= 0).any():
+                reason = reason or f"photo {p}: head behind the camera"
+            elif not (3.0 <= fov <= 120.0):
+                reason = reason or f"photo {p}: implausible field of view {fov:.1f} deg"
+            elif rms[-1] > max_rms_face * scales[p]:
+                reason = reason or f"photo {p}: landmark error {rms[-1]:.1f} px ({rms[-1] / scales[p]:.1%} of the face)"
+            cams.append(CameraEstimate(c2w=c2w, K=K, image_size=(int(w), int(h)), reprojection_error_px=float(err.mean()),
+                                       reprojection_rms_px=rms[-1], yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll,
+                                       num_points=len(fixed),
+                                       focal_source=init[p].focal_source if fixed_focal[p] else "head_fit"))
+        a = np.pad(ida.numpy().copy(), (0, NUM_IDENTITY - num_identity))
+        ex = torch.sigmoid(exr).numpy().copy()
+    return HeadFit(identity=a, expressions=ex, cameras=cams, rms_px=np.array(rms), converged=not reason,
+                   reason=reason, seconds=time.perf_counter() - t0, fallback=init)
+
+
+def _huber(r, delta: float = 3.0):
+    import torch
+
+    return torch.where(r < delta, 0.5 * r * r, delta * (r - 0.5 * delta))
+
+
+def _landmark_normals(prob: _Problem, V: np.ndarray) -> np.ndarray:
+    lb = LandmarkBinding.from_json(prob.model.registration["landmarks"])
+    T = prob.tris[lb.tri[prob.fixed]]
+    n = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+_PROBLEMS: dict = {}
+
+
+def _problem(model: HeadModel, num_identity: int) -> _Problem:
+    key = (id(model), num_identity, RELIABILITY_WEIGHTS)
+    if key not in _PROBLEMS:
+        _PROBLEMS[key] = _Problem(model, num_identity)
+    return _PROBLEMS[key]

@@ -1,0 +1,91 @@
+"""A model's Gaussian template bound to the head model: the template of any person's head.
+
+:class:`BoundTemplate` binds a decoder's template Gaussians (``base_means`` [K,3] m,
+``base_scales`` [K,3] log, ``base_rotations`` [K,4] w,x,y,z) to the head model's rest mesh, the
+ICT head fitted to the engine template's own landmarks (``rest_identity``/``rest_expression`` of
+the registration, ``tools/build_head_registration.py``). :meth:`BoundTemplate.deform` then gives
+the template on another head: identity coefficients [100] (the photographed person's, from
+:func:`fastavatar_engine.head.fit.fit_head`) and optionally expression coefficients [53] (default:
+the rest expression, so the template keeps its own expression and a photo's is not baked in).
+
+Only skin triangles bind (the face and the head-and-neck part); the Gaussians of hair, ears,
+shoulders bind to their closest skin triangle with an offset (:mod:`.binding`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .basis import NUM_EXPRESSION, NUM_IDENTITY, HeadModel, load_head_model
+from .binding import HeadBinding
+
+
+class BoundTemplate:
+    """Template Gaussians bound to the head model.
+
+    Args:
+        means: [K,3] template centres (metres, engine head frame); ``log_scales`` [K,3];
+            ``rotations`` [K,4] (w,x,y,z, any norm: the norm is kept).
+        model: the head model (the packaged one by default).
+    """
+
+    def __init__(self, means, log_scales, rotations, model: HeadModel | None = None):
+        import torch
+
+        self.model = model or load_head_model()
+        self.rest_identity = self.model.rest_identity()
+        self.rest_expression = np.asarray(self.model.registration.get("rest_expression", np.zeros(NUM_EXPRESSION)),
+                                          dtype=np.float64)
+        rest = self.model.vertices(self.rest_identity, self.rest_expression)
+        self.means = torch.as_tensor(np.asarray(means), dtype=torch.float32)
+        self.log_scales = torch.as_tensor(np.asarray(log_scales), dtype=torch.float32)
+        self.rotations = torch.as_tensor(np.asarray(rotations), dtype=torch.float32)
+        self.binding = HeadBinding.bind(self.means.double().numpy(), rest, self.model.triangles)
+        self._rest_coeffs = np.r_[self.rest_identity, self.rest_expression]
+        # only the vertices of bound triangles are evaluated: the binding indexes them locally
+        tris = self.model.triangles
+        self.used = np.unique(tris[self.binding.tri])
+        lut = np.full(self.model.num_vertices, -1, np.int64)
+        lut[self.used] = np.arange(len(self.used))
+        self.binding.triangles = lut[tris]
+
+    def coefficients(self, identity=None, expression=None) -> np.ndarray:
+        """[153] float64 head coefficients (identity first) with the rest values where None.
+
+        Raises ``ValueError`` for the wrong length or non-finite values."""
+        c = self._rest_coeffs.copy()
+        for arr, lo, n, name in ((identity, 0, NUM_IDENTITY, "identity"), (expression, NUM_IDENTITY, NUM_EXPRESSION,
+                                                                          "expression")):
+            if arr is None:
+                continue
+            a = np.asarray(arr, dtype=np.float64).ravel()
+            if a.size != n or not np.isfinite(a).all():
+                raise ValueError(f"head {name}: expected {n} finite coefficients, got {a.size}")
+            c[lo:lo + n] = a
+        return c
+
+    def vertices(self, coeffs, dtype=None):
+        """[U,3] torch vertices (engine frame) of the bound triangles' vertices (``self.used``, in
+        that order) for head coefficients [153] (numpy or torch)."""
+        import torch
+
+        key = str(dtype or torch.float32)
+        cache = self.__dict__.setdefault("_basis", {})
+        if key not in cache:
+            mean, modes = self.model.torch_basis(dtype=dtype or torch.float32)
+            cols = torch.as_tensor(np.stack([3 * self.used, 3 * self.used + 1, 3 * self.used + 2], 1).ravel())
+            cache[key] = (mean[cols].contiguous(), modes[:, cols].contiguous())
+        mean, modes = cache[key]
+        c = torch.as_tensor(coeffs, dtype=mean.dtype)
+        return (mean + c @ modes).view(-1, 3)
+
+    def deform(self, identity=None, expression=None):
+        """``(means [K,3], log_scales [K,3], rotations [K,4])`` float32 torch: the template on the
+        head with these coefficients (None: the rest value). Rotations keep the template's norms."""
+        V = self.vertices(self.coefficients(identity, expression))
+        mu, rot, ls = self.binding.deform(V, None, self.rotations, self.log_scales)
+        rot = rot * self.rotations.norm(dim=-1, keepdim=True)
+        return mu, ls, rot
+
+    def is_rest(self, identity=None, expression=None) -> bool:
+        return np.allclose(self.coefficients(identity, expression), self._rest_coeffs)
