@@ -75,6 +75,11 @@ class Avatar:
     #: all the photos a multi-photo avatar came from (:meth:`AvatarGenerator.generate_multi`):
     #: [RefineView], refined against together; empty for a single-photo avatar
     views: list = field(default_factory=list)
+    #: [100] float32 identity coefficients of the head model the template sits on (the photo's
+    #: fitted head, :func:`photo_head`), or None: the model's own template
+    head: np.ndarray | None = None
+    #: the head fit's per-photo expression coefficients [P,53] (fitted, not applied)
+    head_expressions: np.ndarray | None = None
 
     def metadata(self) -> dict:
         """The JSON sidecar's content."""
@@ -87,6 +92,10 @@ class Avatar:
             "photo": self.photo,
             "photos": [v.name for v in self.views] if self.views else None,
             "camera": self.camera.to_json() if self.camera is not None else None,
+            "head_identity": None if self.head is None else [round(float(v), 5) for v in self.head],
+            "head_expression": None if self.head_expressions is None
+            else [round(float(v), 4) for v in self.head_expressions[0]],
+            "head_model": None if self.head is None else "ICT-FaceKit (MIT), 100 identity modes",
             "frame": "FLAME head frame: y up, metres, face towards +z (Blender: rotate +90 deg about x)",
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
@@ -133,22 +142,51 @@ class RefineView:
 
 
 def photo_camera(face, photo=None):
-    """The photo's camera (CameraEstimate) from ``face``'s landmarks: PnP against the landmark
-    template, with the focal length from the photo's EXIF ``FocalLengthIn35mmFilm`` when
-    ``photo`` is a file path or bytes that carry it (:func:`images.exif_focal_px`;
-    ``focal_source`` 'exif'), else the default field of view ('default_fov')."""
+    """The photo's camera (CameraEstimate): :func:`photo_head`'s camera for one photo."""
+    return photo_head([face], [photo])[0][0]
+
+
+def photo_head(faces, photos=None):
+    """Cameras and head shape of one person's photos: ``([CameraEstimate], HeadFit | None)``.
+
+    :func:`fastavatar_engine.head.fit.fit_head` fits one identity and a camera (and expression)
+    per photo to the faces' landmarks. A photo file (path or bytes) with EXIF
+    ``FocalLengthIn35mmFilm`` keeps that focal length (``focal_source`` 'exif'). When the fit
+    does not converge (or the head model is unavailable) the cameras are PnP against the mean
+    landmark template (:func:`fastavatar_engine.face.estimate_camera`), a ``RuntimeWarning``
+    says why, and the head is None (the model's own template).
+    """
     import dataclasses
+    import warnings
 
     from .cameras import intrinsics as _intrinsics
     from .face import estimate_camera
     from .images import exif_focal_px
 
-    f = exif_focal_px(photo) if isinstance(photo, (str, os.PathLike, bytes, bytearray)) else None
-    if f is None:
-        return estimate_camera(face)
-    w, h = face.image_size
-    cam = estimate_camera(face, K=_intrinsics(f, f, 0.5 * w, 0.5 * h))
-    return dataclasses.replace(cam, focal_source="exif")
+    faces = list(faces)
+    photos = list(photos) if photos is not None else [None] * len(faces)
+    Ks, exif = [], []
+    for face, photo in zip(faces, photos):
+        f = exif_focal_px(photo) if isinstance(photo, (str, os.PathLike, bytes, bytearray)) else None
+        w, h = face.image_size
+        Ks.append(None if f is None else _intrinsics(f, f, 0.5 * w, 0.5 * h))
+        exif.append(f is not None)
+    fit, reason = None, ""
+    try:
+        from .head.fit import fit_head
+
+        fit = fit_head(faces, Ks)
+        reason = fit.reason
+    except FileNotFoundError as exc:  # no head model data
+        reason = str(exc)
+    if fit is None or not fit.converged:
+        warnings.warn(f"head fit did not converge ({reason}); using the PnP camera against the mean face",
+                      RuntimeWarning, stacklevel=2)
+        cams = [estimate_camera(face, K=K) for face, K in zip(faces, Ks)]
+        fit = None
+    else:
+        cams = list(fit.cameras)
+    return [dataclasses.replace(c, focal_source="exif") if e else c for c, e in zip(cams, exif)], fit
 
 
 def face_mask(shape_hw: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
@@ -220,14 +258,16 @@ class AvatarGenerator:
         w = self.model.encode(embedding)
         timings["encode"] = 1e3 * (time.perf_counter() - t)
         t = time.perf_counter()
-        with torch.no_grad():
-            g = self.model.decode(w)
-        timings["decode"] = 1e3 * (time.perf_counter() - t)
-        t = time.perf_counter()
-        camera = photo_camera(face, photo)
+        cameras, fit = photo_head([face], [photo])
         timings["camera"] = 1e3 * (time.perf_counter() - t)
-        avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), camera, face, self.model.model_id,
-                        None if name == "<bytes>" else name, embedding, timings_ms=timings)
+        head = None if fit is None else fit.identity.astype(np.float32)
+        t = time.perf_counter()
+        with torch.no_grad():
+            g = self.model.decode(w, head)
+        timings["decode"] = 1e3 * (time.perf_counter() - t)
+        avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), cameras[0], face, self.model.model_id,
+                        None if name == "<bytes>" else name, embedding, timings_ms=timings, head=head,
+                        head_expressions=None if fit is None else fit.expressions)
         if refine_steps > 0:
             self.refine(avatar, image, refine_steps, progress=progress, **refine_kwargs)
         return avatar
@@ -244,7 +284,7 @@ class AvatarGenerator:
         ``face_index`` applies to every photo. Raises like :meth:`generate`, naming the photo.
         """
         t0 = time.perf_counter()
-        detected = self._photo_views(photos, face_index)
+        detected, head, fit = self._photo_views(photos, face_index)
         embedding = None
         codes = []
         for image, face, _ in detected:
@@ -253,30 +293,33 @@ class AvatarGenerator:
             codes.append(self.model.encode(e))
         w = torch.stack(codes).mean(0)
         with torch.no_grad():
-            g = self.model.decode(w)
+            g = self.model.decode(w, head)
         image, face, views = detected[0][0], detected[0][1], [v for _, _, v in detected]
         avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), views[0].camera, face,
                         self.model.model_id, views[0].name, embedding,
-                        timings_ms={"generate_multi": 1e3 * (time.perf_counter() - t0)}, views=views)
+                        timings_ms={"generate_multi": 1e3 * (time.perf_counter() - t0)}, views=views, head=head,
+                        head_expressions=None if fit is None else fit.expressions)
         if refine_steps > 0:
             self.refine(avatar, image, refine_steps, progress=progress, **refine_kwargs)
         return avatar
 
-    def _photo_views(self, photos, face_index) -> list:
-        """[(image [H,W,3] uint8, face, RefineView)] for each of ``photos`` (at least one): the
-        product-path view of each photo (:meth:`photo_view`). Raises like :meth:`generate`,
-        naming the photo."""
+    def _photo_views(self, photos, face_index) -> tuple[list, np.ndarray | None, object]:
+        """``([(image [H,W,3] uint8, face, RefineView)], head [100] | None, HeadFit | None)`` for
+        ``photos`` (at least one): the product-path view of each photo (:meth:`photo_view`) at
+        its camera from one head fit over all of them (:func:`photo_head`). Raises like
+        :meth:`generate`, naming the photo."""
         photos = list(photos)
         if not photos:
             raise ValueError("several photos expected, got none")
+        found = [self._detect(photo, face_index) for photo in photos]
+        cameras, fit = photo_head([f for _, _, f, _ in found], photos)
+        head = None if fit is None else fit.identity.astype(np.float32)
         out = []
-        for i, photo in enumerate(photos):
-            image, name, face, _ = self._detect(photo, face_index)
-            camera = photo_camera(face, photo)
-            view = self.photo_view(image, face, camera, name=None if name == "<bytes>" else name)
+        for i, ((image, name, face, _), camera) in enumerate(zip(found, cameras)):
+            view = self.photo_view(image, face, camera, name=None if name == "<bytes>" else name, head=head)
             view.group = i
             out.append((image, face, view))
-        return out
+        return out, head, fit
 
     @property
     def segmenter(self):
@@ -287,7 +330,7 @@ class AvatarGenerator:
             self._segmenter = PersonSegmenter()
         return self._segmenter
 
-    def photo_view(self, image: np.ndarray, face, camera, name: str | None = None) -> RefineView:
+    def photo_view(self, image: np.ndarray, face, camera, name: str | None = None, head=None) -> RefineView:
         """What refinement fits of one photo when nothing but the photo is known
         (:mod:`fastavatar_engine.photofit`): the person mask from segmentation with the body cut
         where the template ends (the template's silhouette at ``camera``, below the chin), the
@@ -299,7 +342,7 @@ class AvatarGenerator:
         h, w = image.shape[:2]
         s = min(1.0, 256 / max(h, w))
         w1, h1 = max(8, round(w * s)), max(8, round(h * s))
-        d = self.model.decoder
+        d = self.model.decoder_for(head)
         template = GaussianTensors(d.base_means, d.base_scales, d.base_rotations, d.base_opacity,
                                    torch.cat([d.base_sh0, d.base_shN], 1))
         with torch.no_grad():
@@ -334,13 +377,14 @@ class AvatarGenerator:
         them all in :attr:`Avatar.views` (the first one is returned). Raises ``ValueError`` for a
         code of the wrong length, and like :meth:`generate` for the photos."""
         w = self.model.check_code(code)
-        detected = self._photo_views(photo if isinstance(photo, (list, tuple)) else [photo], face_index)
+        detected, head, fit = self._photo_views(photo if isinstance(photo, (list, tuple)) else [photo], face_index)
         with torch.no_grad():
-            g = self.model.decode(w)
+            g = self.model.decode(w, head)
         image, face, view = detected[0]
         avatar = Avatar(g.to_numpy(), w.cpu().numpy().astype(np.float32), view.camera, face,
                         self.model.model_id, view.name,
-                        views=[v for _, _, v in detected] if isinstance(photo, (list, tuple)) else [])
+                        views=[v for _, _, v in detected] if isinstance(photo, (list, tuple)) else [], head=head,
+                        head_expressions=None if fit is None else fit.expressions)
         return avatar, image
 
     # ------------------------------------------------------------------ refinement
@@ -453,7 +497,7 @@ class AvatarGenerator:
             if not explicit:
                 if avatar.face is None:
                     raise ValueError("refinement needs the avatar's face landmarks (or an explicit mask)")
-                views = [self.photo_view(np.asarray(image), avatar.face, avatar.camera, avatar.photo)]
+                views = [self.photo_view(np.asarray(image), avatar.face, avatar.camera, avatar.photo, head=avatar.head)]
             else:
                 if mask is None and avatar.face is None:
                     raise ValueError("refinement needs the avatar's face landmarks (or an explicit mask)")
@@ -479,7 +523,7 @@ class AvatarGenerator:
             for ti in members:
                 targets[ti]["cam_group"] = gi
         cam_opt = torch.optim.Adam([cam_params], lr=lr_camera) if camera else None
-        decoder = copy.deepcopy(self.model.decoder).to(self.device).train()
+        decoder = copy.deepcopy(self.model.decoder_for(avatar.head)).to(self.device).train()
         w0_code = torch.as_tensor(avatar.code, device=self.device)
         code = torch.nn.Parameter(w0_code.clone())
         mlp = decoder.conditioning_mlp

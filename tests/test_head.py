@@ -255,3 +255,50 @@ def test_fit_flags_landmarks_it_cannot_explain():
     face.landmarks = face.landmarks + rng.normal(size=face.landmarks.shape) * 40  # no face is that warped
     fit = fit_head(face, Ks=[K])
     assert not fit.converged and "landmark error" in fit.reason
+
+
+# --------------------------------------------------------------------------- the product path
+@pytest.fixture(scope="module")
+def head_generator():
+    pytest.importorskip("mediapipe")
+    from fastavatar_engine.generate import AvatarGenerator
+
+    g = AvatarGenerator()
+    yield g
+    g.close()
+
+
+def test_generate_puts_the_template_on_the_photos_head(head_generator, astronaut_png, tmp_path):
+    from fastavatar_engine.generate import save_avatar
+
+    a = head_generator.generate(str(astronaut_png))
+    assert a.head is not None and a.head.shape == (100,) and np.abs(a.head).max() > 0.05
+    assert a.head_expressions.shape == (1, 53)
+    # the avatar is the decode of its code on its head, which differs from the model's own template
+    with torch.no_grad():
+        on_head = head_generator.model.decode(a.code, a.head).to_numpy()
+        plain = head_generator.model.decode(a.code).to_numpy()
+    assert np.allclose(a.gaussians.means, on_head.means, atol=1e-6)
+    assert np.abs(a.gaussians.means - plain.means).max() > 1e-3
+    _, meta_path = save_avatar(a, tmp_path / "a.ply")
+    meta = json.loads(meta_path.read_text())
+    assert np.allclose(meta["head_identity"], a.head, atol=1e-4) and len(meta["head_expression"]) == 53
+
+
+def test_a_fit_that_fails_falls_back_to_the_pnp_camera(head_generator, astronaut_png, monkeypatch):
+    import fastavatar_engine.head.fit as fit_mod
+    from fastavatar_engine.face import estimate_camera
+
+    real = fit_mod.fit_head
+
+    def failing(*args, **kwargs):
+        r = real(*args, **kwargs)
+        r.converged, r.reason = False, "photo 0: forced for the test"
+        return r
+
+    monkeypatch.setattr(fit_mod, "fit_head", failing)
+    with pytest.warns(RuntimeWarning, match="did not converge.*PnP"):
+        a = head_generator.generate(str(astronaut_png))
+    assert a.head is None
+    pnp = estimate_camera(a.face)
+    assert np.allclose(a.camera.c2w, pnp.c2w)

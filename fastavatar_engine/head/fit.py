@@ -35,7 +35,7 @@ from .landmarks import CONTOUR, LandmarkBinding, contour_candidates
 
 #: Fit settings (see :func:`fit_head`); measured on the 48 calibrated sample views.
 LANDMARK_SIGMA = 0.01     # landmark noise, as a fraction of the face size
-IDENTITY_WEIGHT = 1.0     # weight of sum(identity^2)
+IDENTITY_WEIGHT = 5.0     # weight of sum(identity^2)
 EXPRESSION_WEIGHT = 0.5   # weight of sum(expression) (L1 on [0,1])
 FOCAL_SIGMA = 0.5         # prior std-dev of log(focal / default focal)
 CONTOUR_WEIGHT = 0.5      # weight of a contour landmark relative to a fixed one
@@ -44,7 +44,7 @@ DATA_WEIGHT = 50.0        # the landmark term is DATA_WEIGHT x its mean over lan
                           # errors are correlated, so the 468 points count as far fewer observations)
 FIT_SHAPE = True          # False: rigid camera fit on the registered mean head only (diagnostics)
 FIT_EXPRESSION = True     # False: identity only
-FIT_FOCAL = True          # False: keep the starting focal length (default field of view or EXIF)
+FIT_FOCAL = False         # False: keep the starting focal length (default field of view or EXIF)
 RELIABILITY_WEIGHTS = False  # weight landmarks by their multi-view consistency (template statistics)
 
 
@@ -183,7 +183,7 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
         f0s.append(float(K0[0, 0]))
         pps.append((float(K0[0, 2]), float(K0[1, 2])))
         fixed_focal.append(K is not None)
-        cam = estimate_camera(face, K=K0)
+        cam = estimate_camera(face, K=K)  # K None: the default field of view (K0)
         init.append(cam)
         obs.append(torch.as_tensor(uv, dtype=dt))
     # parameters
@@ -301,7 +301,7 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
             cams.append(CameraEstimate(c2w=c2w, K=K, image_size=(int(w), int(h)), reprojection_error_px=float(err.mean()),
                                        reprojection_rms_px=rms[-1], yaw_deg=yaw, pitch_deg=pitch, roll_deg=roll,
                                        num_points=len(fixed),
-                                       focal_source=init[p].focal_source if fixed_focal[p] else "head_fit"))
+                                       focal_source="head_fit" if float(free_f[p]) else init[p].focal_source))
         a = np.pad(ida.numpy().copy(), (0, NUM_IDENTITY - num_identity))
         ex = torch.sigmoid(exr).numpy().copy()
     return HeadFit(identity=a, expressions=ex, cameras=cams, rms_px=np.array(rms), converged=not reason,

@@ -24,6 +24,8 @@ The input is ``concat([w, e_k])`` (w first). The first layer is evaluated as
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -136,6 +138,22 @@ class FastAvatarDecoder(nn.Module):
             opacity_logits=sel(self.base_opacity) + r["d_opacity"],
             sh=base_sh + r["d_sh"],
         )
+
+    def with_base(self, means: torch.Tensor, log_scales: torch.Tensor, rotations: torch.Tensor) -> "FastAvatarDecoder":
+        """A decoder sharing this one's weights whose template geometry is replaced: ``means`` [K,3]
+        (m), ``log_scales`` [K,3], ``rotations`` [K,4] (e.g. the template on a person's head,
+        :class:`fastavatar_engine.head.template.BoundTemplate`). Colours and opacities stay.
+        Raises ``ValueError`` for mismatched shapes."""
+        k = self.num_gaussians
+        if means.shape != (k, 3) or log_scales.shape != (k, 3) or rotations.shape != (k, 4):
+            raise ValueError(f"with_base: expected [{k},3], [{k},3], [{k},4] template arrays")
+        new = copy.copy(self)
+        new._buffers = dict(self._buffers)
+        dev = self.base_means.device
+        new._buffers["base_means"] = means.detach().float().to(dev)
+        new._buffers["base_scales"] = log_scales.detach().float().to(dev)
+        new._buffers["base_rotations"] = rotations.detach().float().to(dev)
+        return new
 
     def forward(self, w: torch.Tensor, index: torch.Tensor | None = None) -> GaussianTensors:
         """Gaussians of the subject with code ``w`` [code_dim] (differentiable in w and weights);

@@ -83,9 +83,43 @@ class FastAvatarModel:
         self.encoder.eval()
         return self.encoder(e)
 
-    def decode(self, w) -> GaussianTensors:
-        """Gaussians (head frame, metres) for code ``w``; differentiable when w or weights need grad."""
-        return self.decoder(self.check_code(w))
+    def decode(self, w, head=None) -> GaussianTensors:
+        """Gaussians (head frame, metres) for code ``w``; differentiable when w or weights need grad.
+
+        ``head``: None (the model's own template) or identity coefficients [100] of the head
+        model: the template bound to that person's head (:meth:`decoder_for`)."""
+        return self.decoder_for(head)(self.check_code(w))
+
+    @property
+    def head_template(self):
+        """The template bound to the head model (:class:`~fastavatar_engine.head.template.BoundTemplate`,
+        built on first use, ~0.5 s), or None when the head model's data is unavailable."""
+        if "_head_template" not in self.__dict__:
+            try:
+                from ..head.template import BoundTemplate
+
+                d = self.decoder
+                self.__dict__["_head_template"] = BoundTemplate(d.base_means.cpu(), d.base_scales.cpu(),
+                                                                d.base_rotations.cpu())
+            except FileNotFoundError:
+                self.__dict__["_head_template"] = None
+        return self.__dict__["_head_template"]
+
+    def decoder_for(self, head=None):
+        """The decoder whose template sits on the head with identity coefficients ``head`` [100]
+        (None or no head model: the decoder itself). Shares the weights; the deformed template
+        is cached for the last head asked for. Raises ``ValueError`` for a malformed ``head``."""
+        if head is None or self.head_template is None:
+            return self.decoder
+        key = np.asarray(head, dtype=np.float64).ravel()
+        cached = self.__dict__.get("_head_decoder")
+        if cached is not None and cached[0].shape == key.shape and np.array_equal(cached[0], key) \
+                and cached[1] is self.decoder:
+            return cached[2]
+        mu, ls, rot = self.head_template.deform(identity=key)
+        dec = self.decoder.with_base(mu, ls, rot)
+        self.__dict__["_head_decoder"] = (key.copy(), self.decoder, dec)
+        return dec
 
     # ------------------------------------------------------------------ our bundle
     def save(self, folder, dtype=torch.float16) -> Path:
