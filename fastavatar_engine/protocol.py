@@ -27,9 +27,11 @@ Message types (``PROTOCOL_VERSION`` 1; requests carry ``id``; every request ends
 * ``generate`` ``{image_path | arrays.pixels [H,W,3] uint8 | image_paths [paths], face_index?,
   refine_steps?}`` (absent or null: the default likeness fit, ``generate.DEFAULT_FIT_STEPS``
   steps with ``progress`` events; 0: feed-forward only) -> result with the Gaussian arrays (:data:`GAUSSIAN_ARRAYS`), ``code`` [D]
-  float32, ``camera`` (c2w, K), ``model_id``, ``photos``; refined results add
-  ``arrays.base_packed`` [N,59] (the plain decode of the refined code, packed layout of
-  :data:`fastavatar_engine.gaussians.PACKED_COLUMNS`)
+  float32, ``camera`` (c2w, K), ``model_id``, ``photos``; an avatar on its own head adds
+  ``arrays.head`` [100] float32 (head-model identity coefficients); refined results and avatars
+  on their own head add ``arrays.base_packed`` [N,59] (the plain decode of the code on the
+  model's template, packed layout of :data:`fastavatar_engine.gaussians.PACKED_COLUMNS`): the
+  client keeps ``Gaussians - base_packed`` as a residual that edits carry
 * ``decode`` ``{arrays.code [D] float32, arrays.directions [M,D] float32?, amounts [M]?,
   tangents?}`` -> result with the Gaussian arrays of ``w = code + sum_m amounts[m] directions[m]``;
   with ``tangents: true`` also ``arrays.tangents`` and ``arrays.curvatures`` [M,N,59]

@@ -123,14 +123,18 @@ class Engine:
         return c
 
     def _avatar_result(self, avatar, elapsed_s: float) -> tuple[dict, dict]:
-        """Result of generate/refine: the Gaussians, ``code``, and for a refined avatar
-        ``base_packed`` [N,59] = the plain decode of the refined code (packed layout), from which
-        the client keeps the refinement as a per-Gaussian residual."""
+        """Result of generate/refine: the Gaussians, ``code``, ``head`` [100] (the head model's
+        identity coefficients the template sits on, when fitted), and for a refined avatar or one
+        on its own head ``base_packed`` [N,59] = the plain decode of the code on the model's own
+        template (packed layout), from which the client keeps the refinement and the head shape as
+        a per-Gaussian residual: edits decode ``w'`` and add it back (a first-order transfer)."""
         import torch
 
         arrays = gaussian_arrays(avatar.gaussians)
         arrays["code"] = np.asarray(avatar.code, np.float32)
-        if avatar.refined_steps:
+        if avatar.head is not None:
+            arrays["head"] = np.asarray(avatar.head, np.float32)
+        if avatar.refined_steps or avatar.head is not None:
             with torch.no_grad():
                 arrays["base_packed"] = pack_gaussians(self.model.decode(avatar.code).to_numpy())
         cam = avatar.camera.to_json() if avatar.camera is not None else None

@@ -5,6 +5,8 @@ import signal
 import struct
 
 import numpy as np
+
+from fastavatar_engine.gaussians import pack_gaussians
 import pytest
 import torch
 
@@ -53,10 +55,15 @@ def test_generate_and_decode_equal_the_in_process_model(engine, model, astronaut
     g, code, header = engine.generate(str(astronaut), refine_steps=0)
     assert code.shape == (512,) and len(g) == 10144
     assert header["model_id"] == "fastavatar-default-v1" and len(header["camera"]["c2w_opengl"]) == 4
+    head = header["arrays"]["head"]  # the photo's head-model identity: the template sits on it
+    assert head.shape == (100,)
     with torch.no_grad():
-        ref = model.decode(code).to_numpy()
+        ref = model.decode(code, head).to_numpy()
+        plain = model.decode(code).to_numpy()
     for name in GAUSSIAN_ARRAYS:
         np.testing.assert_allclose(getattr(g, name), getattr(ref, name), atol=1e-5, err_msg=name)
+    # the plain decode comes along, so that the client keeps the head shape as a residual
+    np.testing.assert_allclose(header["arrays"]["base_packed"], pack_gaussians(plain), atol=1e-5)
     # pixels instead of a path give the same avatar
     g2, code2, _ = engine.generate(pixels=skimage_data.astronaut(), refine_steps=0)
     np.testing.assert_allclose(code2, code, atol=1e-6)
