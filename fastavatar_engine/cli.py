@@ -191,7 +191,8 @@ def cmd_detect(args) -> int:
     with _QuietNativeStderr(not args.verbose), FaceFrontEnd() as fe:
         faces = fe.detect(image)
         face = select_face(faces, args.face_index, image_name=str(args.image))  # NoFaceError / FaceIndexError
-        report = fe.describe(image, with_camera=True, K=K, dense=not args.no_dense, faces=faces)
+        report = fe.describe(image, with_camera=True, K=K, dense=not args.no_dense, faces=faces,
+                             camera_fn=_head_camera)
     report["image"] = str(args.image)
     report["selected_face"] = next(i for i, f in enumerate(faces) if f is face)
     if args.embed:
@@ -205,6 +206,28 @@ def cmd_detect(args) -> int:
         Path(args.json).write_text(text + "\n")
     print(text)
     return 0
+
+
+def _head_camera(face, K):
+    """(camera, {"head": ...}) of one face from the head fit (PnP when the fit does not converge)."""
+    import warnings
+
+    from .generate import photo_head
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (camera,), fit = photo_head([face], Ks=[K])
+    if fit is None:
+        return camera, {"head": None, "camera_source": "pnp_template",
+                        "camera_warning": "; ".join(str(w.message) for w in caught)}
+    from .head import load_head_model
+
+    names = load_head_model().expression_names
+    ex = fit.expressions[0]
+    return camera, {"camera_source": "head_fit", "head": {
+        "identity": [round(float(v), 4) for v in fit.identity],
+        "expression": {names[i]: round(float(ex[i]), 3) for i in np.argsort(-ex) if ex[i] >= 0.05},
+        "landmark_rms_px": round(float(fit.rms_px[0]), 2), "fit_ms": round(1e3 * fit.seconds, 1)}}
 
 
 # --------------------------------------------------------------------------- generate / evaluate

@@ -146,12 +146,13 @@ def photo_camera(face, photo=None):
     return photo_head([face], [photo])[0][0]
 
 
-def photo_head(faces, photos=None):
+def photo_head(faces, photos=None, Ks=None):
     """Cameras and head shape of one person's photos: ``([CameraEstimate], HeadFit | None)``.
 
     :func:`fastavatar_engine.head.fit.fit_head` fits one identity and a camera (and expression)
     per photo to the faces' landmarks. A photo file (path or bytes) with EXIF
-    ``FocalLengthIn35mmFilm`` keeps that focal length (``focal_source`` 'exif'). When the fit
+    ``FocalLengthIn35mmFilm`` keeps that focal length (``focal_source`` 'exif'); ``Ks`` (per
+    photo a [3,3] K or None) fixes the intrinsics outright ('given'). When the fit
     does not converge (or the head model is unavailable) the cameras are PnP against the mean
     landmark template (:func:`fastavatar_engine.face.estimate_camera`), a ``RuntimeWarning``
     says why, and the head is None (the model's own template).
@@ -165,8 +166,13 @@ def photo_head(faces, photos=None):
 
     faces = list(faces)
     photos = list(photos) if photos is not None else [None] * len(faces)
+    given = list(Ks) if Ks is not None else [None] * len(faces)
     Ks, exif = [], []
-    for face, photo in zip(faces, photos):
+    for face, photo, K in zip(faces, photos, given):
+        if K is not None:
+            Ks.append(np.asarray(K, np.float64))
+            exif.append(False)
+            continue
         f = exif_focal_px(photo) if isinstance(photo, (str, os.PathLike, bytes, bytearray)) else None
         w, h = face.image_size
         Ks.append(None if f is None else _intrinsics(f, f, 0.5 * w, 0.5 * h))

@@ -52,6 +52,9 @@ def test_detect_prints_face_landmarks_and_camera(astronaut):
     to_head = -c2w[:3, 3] / np.linalg.norm(c2w[:3, 3])
     assert np.dot(-c2w[:3, 2], to_head) > np.cos(np.radians(15))
     assert rotation_angle_deg(c2w, np.eye(4)) < 30
+    # the camera comes from the head fit, which also reports the photo's head shape and expression
+    assert face["camera_source"] == "head_fit"
+    assert len(face["head"]["identity"]) == 100 and face["head"]["landmark_rms_px"] < 5.0
 
 
 def test_detect_embedding_and_json_file(astronaut, tmp_path, capsys):

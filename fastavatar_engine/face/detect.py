@@ -289,7 +289,8 @@ class FaceFrontEnd:
         img, name = as_rgb_image(image)
         return select_face(self.detect(img), index, image_name=name)
 
-    def describe(self, image, with_camera: bool = True, K=None, dense: bool = True, faces=None) -> dict:
+    def describe(self, image, with_camera: bool = True, K=None, dense: bool = True, faces=None,
+                 camera_fn=None) -> dict:
         """Detect all faces and return a JSON-ready report (what ``fastavatar detect IMAGE`` prints).
 
         Returns ``{"image", "image_size_wh", "num_faces", "faces": [Face.to_json() + {"index",
@@ -298,6 +299,9 @@ class FaceFrontEnd:
         of view (:func:`~fastavatar_engine.face.pose.estimate_camera`). An image without faces
         gives ``num_faces == 0`` (no exception); unreadable files raise ``ImageLoadError``.
         ``faces``: the result of :meth:`detect` on this image, to avoid detecting twice.
+        ``camera_fn(face, K) -> (CameraEstimate, extra dict)`` replaces the PnP camera (the CLI
+        passes the head fit, :func:`fastavatar_engine.head.fit.fit_head`); ``extra`` is merged
+        into the face's entry.
         """
         img, name = as_rgb_image(image)
         if faces is None:
@@ -309,12 +313,17 @@ class FaceFrontEnd:
             d = {"index": i, **f.to_json(dense=dense)}
             if with_camera:
                 try:
-                    d["camera"] = estimate_camera(f, K=K).to_json()
+                    if camera_fn is None:
+                        d["camera"] = estimate_camera(f, K=K).to_json()
+                    else:
+                        cam, extra = camera_fn(f, K)
+                        d["camera"] = cam.to_json()
+                        d.update(extra)
                 except PoseEstimationError as exc:
                     d["camera"], d["camera_error"] = None, str(exc)
             out_faces.append(d)
         if with_camera:
-            timings["pnp_ms"] = 1e3 * (time.perf_counter() - t0)
+            timings["pnp_ms" if camera_fn is None else "camera_ms"] = 1e3 * (time.perf_counter() - t0)
         return {
             "image": name,
             "image_size_wh": [int(img.shape[1]), int(img.shape[0])],
