@@ -51,6 +51,8 @@ from .avatar import read_packed, write_packed  # noqa: F401 (the editing API wor
 
 DIRECTIONS_KEY = "fastavatar_directions"
 PHOTOS_KEY = "fastavatar_photos"
+#: the template row each Gaussian grown by the likeness fit was cloned from ([E] ints, rows K..K+E-1)
+PARENTS_KEY = "fastavatar_parents"
 RESIDUAL_PREFIX = "fa_res_"
 MAX_BLEND_DEPTH = 8
 #: seconds without parameter changes before the exact decode replaces the linear preview
@@ -87,6 +89,28 @@ def set_residual(mesh, residual: np.ndarray | None) -> None:
                 mesh.attributes.remove(attr)
         return
     avatar_mod.write_float_attributes(mesh, RESIDUAL_COLUMNS, residual)
+
+
+def get_parents(obj) -> np.ndarray:
+    """[E] int64: for each Gaussian after the model's template (grown by the likeness fit), its
+    template row; empty when the avatar has the template's count."""
+    return np.asarray(obj.get(PARENTS_KEY, []), dtype=np.int64)
+
+
+def set_parents(obj, parents) -> None:
+    """Store the grown Gaussians' parents (None or empty: none grown)."""
+    if parents is None or len(parents) == 0:
+        if PARENTS_KEY in obj:
+            del obj[PARENTS_KEY]
+        return
+    obj[PARENTS_KEY] = [int(v) for v in np.asarray(parents).ravel()]
+
+
+def expand_to_parents(packed: np.ndarray, parents: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The plain decode [..K..] extended with each grown Gaussian's parent row: [..K+E..]."""
+    if parents is None or len(parents) == 0:
+        return packed
+    return np.concatenate([packed, np.take(packed, parents, axis=axis)], axis=axis)
 
 
 # ---------------------------------------------------------------------- directions on objects
@@ -175,7 +199,10 @@ class EditState:
     """What an avatar's displayed Gaussians are made of: decode(``base`` + ``amounts`` @ ``dirs``)
     + ``residual``. ``base`` [D] float32 code, ``dirs`` [M,D] unit directions, ``amounts`` [M],
     ``residual`` [N,59] packed or None. For a blend also ``mix_row`` [D] = w_B' - w_A' (d code /
-    d mix) and ``mix_residual`` [N,59] = R_B - R_A (None when neither input is refined)."""
+    d mix) and ``mix_residual`` [N,59] = R_B - R_A (None when neither input is refined).
+    ``parents`` [E]: rows K..N-1 are grown Gaussians whose plain decode is their parent's
+    (:func:`expand_to_parents`); a blend carries both inputs' grown Gaussians, each faded out
+    towards the other input (opacity times 1 - t for A's, t for B's)."""
 
     base: np.ndarray
     dirs: np.ndarray
@@ -183,6 +210,7 @@ class EditState:
     residual: np.ndarray | None
     mix_row: np.ndarray | None = None
     mix_residual: np.ndarray | None = None
+    parents: np.ndarray | None = None
 
     @property
     def edited_code(self) -> np.ndarray:
@@ -196,7 +224,7 @@ def effective_state(obj, depth: int = 0) -> EditState:
     cycle, inputs of different models or splat counts, KeyError for an incomplete residual."""
     names, dirs, amounts = _edit_terms(obj)
     if not is_blend(obj):
-        return EditState(avatar_mod.get_code(obj), dirs, amounts, get_residual(obj.data))
+        return EditState(avatar_mod.get_code(obj), dirs, amounts, get_residual(obj.data), parents=get_parents(obj))
     if depth > MAX_BLEND_DEPTH:
         raise ValueError(f"{obj.name}: blend inputs nest too deep (a cycle?)")
     p = obj.fastavatar
@@ -207,15 +235,32 @@ def effective_state(obj, depth: int = 0) -> EditState:
     wa, wb = sa.edited_code, sb.edited_code
     t = np.float32(p.mix)
     base = (np.float32(1) - t) * wa + t * wb
+    pa, pb = _parents(sa), _parents(sb)
+    ka, kb = avatar_mod.splat_count(a.data) - len(pa), avatar_mod.splat_count(b.data) - len(pb)
+    if ka != kb:
+        raise ValueError(f"{a.name} and {b.name} have different splat counts")
     res = mix_res = None
-    if sa.residual is not None or sb.residual is not None:
-        n = avatar_mod.splat_count(a.data)
-        if n != avatar_mod.splat_count(b.data):
-            raise ValueError(f"{a.name} and {b.name} have different splat counts")
-        ra = np.zeros((n, len(PACKED_COLUMNS)), np.float32) if sa.residual is None else sa.residual
-        rb = np.zeros_like(ra) if sb.residual is None else sb.residual
-        res, mix_res = (np.float32(1) - t) * ra + t * rb, rb - ra
-    return EditState(base, dirs, amounts, res, mix_row=wb - wa, mix_residual=mix_res)
+    parents = np.concatenate([pa, pb])
+    if sa.residual is not None or sb.residual is not None or len(parents):
+        cols = len(PACKED_COLUMNS)
+        ra = np.zeros((ka + len(pa), cols), np.float32) if sa.residual is None else sa.residual
+        rb = np.zeros((kb + len(pb), cols), np.float32) if sb.residual is None else sb.residual
+        res = (np.float32(1) - t) * ra[:ka] + t * rb[:ka]
+        mix_res = rb[:ka] - ra[:ka]
+        if len(parents):  # each input's grown Gaussians fade out towards the other input
+            op = PACKED_COLUMNS.index("opacity")
+            ga, gb = ra[ka:].copy(), rb[kb:].copy()
+            ga[:, op] += np.log(max(1.0 - float(t), 1e-4))
+            gb[:, op] += np.log(max(float(t), 1e-4))
+            da, db = np.zeros_like(ga), np.zeros_like(gb)
+            da[:, op], db[:, op] = -1.0 / max(1.0 - float(t), 0.05), 1.0 / max(float(t), 0.05)
+            res = np.concatenate([res, ga, gb])
+            mix_res = np.concatenate([mix_res, da, db])
+    return EditState(base, dirs, amounts, res, mix_row=wb - wa, mix_residual=mix_res, parents=parents)
+
+
+def _parents(state: EditState) -> np.ndarray:
+    return np.zeros(0, np.int64) if state.parents is None else np.asarray(state.parents, np.int64)
 
 
 def parameters(obj) -> tuple:
@@ -431,7 +476,8 @@ def _snapshot(obj) -> dict:
     if st.mix_row is not None:
         rows.append(st.mix_row)
         amts.append(0.0)
-    return {"base": st.base, "rows": rows, "amounts": amts, "residual": st.residual, "mix_extra": st.mix_residual}
+    return {"base": st.base, "rows": rows, "amounts": amts, "residual": st.residual, "mix_extra": st.mix_residual,
+            "parents": st.parents}
 
 
 def _exact_from_snapshot(s: dict, tangents: bool = True):
@@ -445,7 +491,10 @@ def _exact_from_snapshot(s: dict, tangents: bool = True):
             tans = (header["arrays"]["tangents"], header["arrays"]["curvatures"])
     else:
         g, _, _ = client.decode(s["base"])
-    packed = pack_gaussians(g)
+    parents = s.get("parents")
+    packed = expand_to_parents(pack_gaussians(g), parents)
+    if tans is not None:
+        tans = (expand_to_parents(tans[0], parents, axis=1), expand_to_parents(tans[1], parents, axis=1))
     if s["residual"] is not None:
         packed = packed + s["residual"]
     if tans is not None and s["mix_extra"] is not None:
@@ -489,7 +538,7 @@ def create_blend(context, a, b, mix: float = 0.5, name: str | None = None):
     if a.fastavatar.model_id != b.fastavatar.model_id:
         raise ValueError(f"{a.name} ({a.fastavatar.model_id}) and {b.name} ({b.fastavatar.model_id}) come from "
                          "different models; they cannot be blended")
-    if avatar_mod.splat_count(a.data) != avatar_mod.splat_count(b.data):
+    if avatar_mod.splat_count(a.data) - len(get_parents(a)) != avatar_mod.splat_count(b.data) - len(get_parents(b)):
         raise ValueError(f"{a.name} and {b.name} have different splat counts")
     g = avatar_mod.read_gaussians(a.data)
     loc = (a.location + b.location) / 2
@@ -560,13 +609,13 @@ def apply_refined(obj, result) -> None:
     packed = pack_gaussians(g)
     base = header["arrays"]["base_packed"]
     obj[avatar_mod.CODE_KEY] = [float(v) for v in np.asarray(code, np.float32)]
+    set_parents(obj, header["arrays"].get("parents"))
+    write_packed(obj.data, packed)  # first: a new splat count (grown Gaussians) resizes the data
     set_residual(obj.data, packed - base)
     obj.fastavatar.refined_steps += int(header.get("refined_steps", 0))
+    _cache.pop(obj.session_uid, None)
     if len(obj.fastavatar.edits) and any(e.amount for e in obj.fastavatar.edits):
         update_exact(obj)
-    else:
-        write_packed(obj.data, packed)
-        _cache.pop(obj.session_uid, None)
 
 
 class RefineSession:
@@ -578,6 +627,7 @@ class RefineSession:
     def __init__(self, obj, steps: int, preview_every: int = 0):
         self.obj_name = obj.name
         self.original = read_packed(obj.data)
+        self.original_residual = get_residual(obj.data)  # a preview of another splat count drops it
         self.fn = refine_job(obj, steps, preview_every)
         self.job = engine.Job(self.fn)
         self.previewed = False
@@ -608,6 +658,8 @@ class RefineSession:
         self.fn.previews.clear()
         if self.previewed and self.obj is not None:
             write_packed(self.obj.data, self.original)
+            if self.original_residual is not None:
+                set_residual(self.obj.data, self.original_residual)
         self.previewed = False
 
     def finish(self) -> None:

@@ -50,6 +50,8 @@ ProgressFn = Callable[[int, int, float], bool | None]  # (step, total, loss) -> 
 #: first): enough to carry the photo's hair outline, colours and proportions within the 15 s
 #: budget on a 2-core CPU (README, *Likeness*). 0 gives the bare feed-forward avatar.
 DEFAULT_FIT_STEPS = 40
+#: Cap on the Gaussians the likeness fit may grow where the photo's person reaches past the avatar.
+DEFAULT_GROW = 3000
 
 #: Heads that the CPU ("heads") refinement mode fine-tunes; geometry heads stay fixed.
 APPEARANCE_HEADS = ("color", "opacity")
@@ -80,6 +82,9 @@ class Avatar:
     head: np.ndarray | None = None
     #: the head fit's per-photo expression coefficients [P,53] (fitted, not applied)
     head_expressions: np.ndarray | None = None
+    #: [E] int64: for each Gaussian after the model's template (grown by the likeness fit), the
+    #: template Gaussian it was cloned from; None when the avatar has the template's count
+    parents: np.ndarray | None = None
 
     def metadata(self) -> dict:
         """The JSON sidecar's content."""
@@ -96,6 +101,7 @@ class Avatar:
             "head_expression": None if self.head_expressions is None
             else [round(float(v), 4) for v in self.head_expressions[0]],
             "head_model": None if self.head is None else "ICT-FaceKit (MIT), 100 identity modes",
+            "parents": None if self.parents is None else [int(v) for v in self.parents],
             "frame": "FLAME head frame: y up, metres, face towards +z (Blender: rotate +90 deg about x)",
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
@@ -404,7 +410,7 @@ class AvatarGenerator:
                landmark_weight: float = 1.0, prior_weight: float = 0.1, prior_samples: int = 1024,
                camera: bool | None = None, camera_warmup: int | None = None, lr_camera: float = 1e-3,
                detail_steps: int | None = None, lr_detail_color: float = 1e-2, lr_detail_means: float = 1e-4,
-               detail_reg: float = 0.1, transfer: bool = True) -> Avatar:
+               detail_reg: float = 0.1, transfer: bool = True, grow: int = DEFAULT_GROW) -> Avatar:
         """Optimise the avatar against ``image`` ([H,W,3] uint8 RGB); updates and returns ``avatar``.
 
         **What is fitted.** By default (no ``views``, ``c2w``, ``K`` or ``mask``) the product path of
@@ -452,7 +458,11 @@ class AvatarGenerator:
         ``decode(code)`` (what Blender keeps as ``fa_res_*``). With ``transfer`` the stage starts
         from an appearance transfer (:func:`photo_colours`): each Gaussian the photos see takes
         the photos' colour along its rays (the mirrored view's for the far side) as its DC and
-        loses its higher SH bands in proportion to that evidence.
+        loses its higher SH bands in proportion to that evidence. With ``grow`` > 0 the stage also
+        adds up to ``grow`` Gaussians where a photo's person mask reaches past the avatar (hair
+        beyond the template, :func:`fastavatar_engine.fitting.grow.grow_into_mask`), and at the end
+        drops those left below 5% opacity; :attr:`Avatar.parents` names each survivor's template
+        Gaussian (the avatar then has more rows than the model's template).
 
         ``mode``: ``"full"`` (= ``"auto"``) is the paper's refinement, the code and all decoder
         weights jointly (``lr_code``, ``lr_decoder``); ``"heads"`` computes the shared body once,
@@ -586,6 +596,7 @@ class AvatarGenerator:
             detail_steps = steps // 3
         detail_steps = max(0, min(int(detail_steps), steps - camera_warmup)) if mode == "full" else 0
         detail = None  # the per-Gaussian stage's leaf tensors
+        parents = torch.zeros(0, dtype=torch.long)  # grown Gaussians' parents (template rows)
 
         def group_loss(g_now, pos, step):
             """Summed loss of the step's photo group (photo + mirror) for Gaussians ``g_now``;
@@ -629,11 +640,6 @@ class AvatarGenerator:
                               for k in ("means", "log_scales", "opacity_logits")}
                     detail["dc"] = g0.sh[:, :1].detach().clone().requires_grad_(True)
                     rest, rots = g0.sh[:, 1:].detach(), g0.rotations.detach()
-                    opt = torch.optim.Adam([
-                        {"params": [detail["means"]], "lr": lr_detail_means},
-                        {"params": [detail["log_scales"]], "lr": 5e-3},
-                        {"params": [detail["opacity_logits"]], "lr": 2.5e-2},
-                        {"params": [detail["dc"]], "lr": lr_detail_color}])
                     if transfer:  # the photos' colours onto the Gaussians they see (and their mirrors)
                         with torch.no_grad():
                             cams = [(t, *_corrected_camera(t, cam_params[t["cam_group"]].detach(), as_numpy=True))
@@ -649,6 +655,22 @@ class AvatarGenerator:
                                 detail["dc"][seen_mask, 0] = (col[seen_mask] - 0.5) / SH_C0
                                 rest = rest.clone()
                                 rest[seen_mask] *= (0.5 / (0.5 + evidence[seen_mask]))[:, None, None]
+                    if grow > 0:  # Gaussians where the person mask reaches past the avatar (hair)
+                        from .fitting.grow import grow_into_mask
+
+                        extra, parents = grow_into_mask(g0, targets, budget=grow)
+                        if extra is not None:
+                            with torch.no_grad():
+                                for k in ("means", "log_scales", "opacity_logits"):
+                                    detail[k] = torch.cat([detail[k], getattr(extra, k)]).requires_grad_(True)
+                                detail["dc"] = torch.cat([detail["dc"], extra.sh[:, :1]]).requires_grad_(True)
+                                rest = torch.cat([rest, extra.sh[:, 1:]])
+                                rots = torch.cat([rots, extra.rotations])
+                    opt = torch.optim.Adam([
+                        {"params": [detail["means"]], "lr": lr_detail_means},
+                        {"params": [detail["log_scales"]], "lr": 5e-3},
+                        {"params": [detail["opacity_logits"]], "lr": 2.5e-2},
+                        {"params": [detail["dc"]], "lr": lr_detail_color}])
                     anchor_detail = {k: v.detach().clone() for k, v in detail.items()}
                 g_now = GaussianTensors(detail["means"], detail["log_scales"], rots, detail["opacity_logits"],
                                         torch.cat([detail["dc"], rest], 1))
@@ -720,10 +742,18 @@ class AvatarGenerator:
             if preview is not None and preview_every > 0 and (step + 1) % preview_every == 0 and step + 1 < steps:
                 with torch.no_grad():
                     preview(current().to_numpy())
+        avatar.parents = None
         with torch.no_grad():
             if detail is not None:
-                avatar.gaussians = GaussianTensors(detail["means"], detail["log_scales"], rots, detail["opacity_logits"],
-                                                   torch.cat([detail["dc"], rest], 1)).to_numpy()
+                g_fit = GaussianTensors(detail["means"], detail["log_scales"], rots, detail["opacity_logits"],
+                                        torch.cat([detail["dc"], rest], 1))
+                if len(parents):  # grown Gaussians that stayed visible (3DGS opacity pruning)
+                    from .fitting.grow import prune
+
+                    keep = prune(K_total, g_fit.opacity_logits)
+                    g_fit = _select(g_fit, keep)
+                    avatar.parents = parents[keep[keep >= K_total] - K_total].cpu().numpy().astype(np.int64)
+                avatar.gaussians = g_fit.to_numpy()
             else:
                 avatar.gaussians = current().to_numpy()
         if camera:

@@ -31,7 +31,9 @@ Message types (``PROTOCOL_VERSION`` 1; requests carry ``id``; every request ends
   ``arrays.head`` [100] float32 (head-model identity coefficients); refined results and avatars
   on their own head add ``arrays.base_packed`` [N,59] (the plain decode of the code on the
   model's template, packed layout of :data:`fastavatar_engine.gaussians.PACKED_COLUMNS`): the
-  client keeps ``Gaussians - base_packed`` as a residual that edits carry
+  client keeps ``Gaussians - base_packed`` as a residual that edits carry; an avatar with
+  Gaussians grown by the likeness fit (more rows than the template) adds ``arrays.parents`` [E]
+  int32: row ``K + j`` is based on template row ``parents[j]`` (``decode(w)[parents]``)
 * ``decode`` ``{arrays.code [D] float32, arrays.directions [M,D] float32?, amounts [M]?,
   tangents?}`` -> result with the Gaussian arrays of ``w = code + sum_m amounts[m] directions[m]``;
   with ``tangents: true`` also ``arrays.tangents`` and ``arrays.curvatures`` [M,N,59]

@@ -127,7 +127,9 @@ class Engine:
         identity coefficients the template sits on, when fitted), and for a refined avatar or one
         on its own head ``base_packed`` [N,59] = the plain decode of the code on the model's own
         template (packed layout), from which the client keeps the refinement and the head shape as
-        a per-Gaussian residual: edits decode ``w'`` and add it back (a first-order transfer)."""
+        a per-Gaussian residual: edits decode ``w'`` and add it back (a first-order transfer).
+        Gaussians grown by the likeness fit (rows after the template's) come with ``parents``
+        [E] int32, the template row each was cloned from, whose decode is their base."""
         import torch
 
         arrays = gaussian_arrays(avatar.gaussians)
@@ -136,7 +138,11 @@ class Engine:
             arrays["head"] = np.asarray(avatar.head, np.float32)
         if avatar.refined_steps or avatar.head is not None:
             with torch.no_grad():
-                arrays["base_packed"] = pack_gaussians(self.model.decode(avatar.code).to_numpy())
+                plain = pack_gaussians(self.model.decode(avatar.code).to_numpy())
+            if avatar.parents is not None:  # grown Gaussians: their base is their parent's decode
+                arrays["parents"] = np.asarray(avatar.parents, np.int32)
+                plain = np.concatenate([plain, plain[avatar.parents]])
+            arrays["base_packed"] = plain
         cam = avatar.camera.to_json() if avatar.camera is not None else None
         return ({"model_id": avatar.model_id, "camera": cam, "photo": avatar.photo,
                  "photos": [v.name for v in avatar.views] if avatar.views else None,

@@ -43,8 +43,9 @@ def apply_result(context, result, label, face_index, photos=None):
     if photos:
         obj[editing.PHOTOS_KEY] = [str(q) for q in photos]
     base = header.get("arrays", {}).get("base_packed")
-    if base is not None:  # generated with refinement: keep it as a residual, like Refine does
+    if base is not None:  # refined or on the photo's own head: keep it as a residual, like Refine does
         editing.set_residual(obj.data, editing.pack_gaussians(g) - base)
+    editing.set_parents(obj, header.get("arrays", {}).get("parents"))  # Gaussians grown by the fit
     for o in context.view_layer.objects:
         o.select_set(False)
     obj.select_set(True)
