@@ -5,7 +5,8 @@
     python benchmarks/bench_generate.py --photo me.jpg --refine-steps 300
 
 Stages: image load, face detection + landmarks, identity embedding, encode, decode (10,144
-Gaussians), photo -> Gaussians (the sum of the previous, i.e. feed-forward end to end), one
+Gaussians), the head fit (camera + identity + expression from the landmarks), the bound deformation
+of the template onto that head, photo -> Gaussians (feed-forward end to end), one
 refinement step, the default Generate (photo file to avatar with the likeness fit of
 ``generate.DEFAULT_FIT_STEPS`` steps, target <= 15 s on a 2-core CPU, <= 1 s on a GPU) and a full
 refinement of ``--refine-steps`` steps.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_description  # noqa: E402
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
@@ -75,6 +77,15 @@ def main() -> None:
     }
     with torch.no_grad():
         stages["decode"] = _median_ms(lambda: gen.model.decode(w), args.repeats, sync)
+    # the head model: camera + shape fit from the landmarks, the template bound to that head
+    from fastavatar_engine.generate import photo_head
+
+    _, fit = photo_head([face])
+    stages["head_fit"] = _median_ms(lambda: photo_head([face]), max(3, args.repeats // 2))
+    if fit is not None and gen.model.head_template is not None:
+        bt = gen.model.head_template
+        with torch.no_grad():
+            stages["bound_deformation"] = _median_ms(lambda: bt.deform(identity=fit.identity), args.repeats)
     stages["photo_to_gaussians"] = _median_ms(lambda: gen.generate(image), max(3, args.repeats // 2), sync)
     avatar = gen.generate(image)
     t0 = time.perf_counter()
@@ -96,7 +107,7 @@ def main() -> None:
     gen.close()
     print(json.dumps({
         "benchmark": "generate", "device": args.device,
-        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_description(),
         "torch_threads": torch.get_num_threads(), "model_id": gen.model.model_id,
         "gaussians": gen.model.decoder.num_gaussians, "stages_ms": stages,
         "refine_precision": avatar_precision(args.device),

@@ -30,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_description  # noqa: E402
 os.environ.setdefault("GLOG_minloglevel", "2")
 LONDON = ROOT.parent / "shared" / "data" / "london"
 YAWS = (0.0, -30.0, 30.0)
@@ -126,23 +128,11 @@ def main() -> None:
                                      "faces_found": found, "n": len(ok)}
     summary["time_s_median"] = round(float(np.median([r["time_s"] for r in ok])), 2) if ok else None
     summary["no_face"] = [r["person"] for r in rows if "error" in r]
-    result = {"benchmark": "likeness_london", "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+    result = {"benchmark": "likeness_london", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/bench_likeness_london.py " + " ".join(sys.argv[1:]), "summary": summary}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
-
-
-def _machine() -> str:
-    import platform
-
-    try:
-        txt = Path("/proc/cpuinfo").read_text()
-        name = next(ln.split(":", 1)[1].strip() for ln in txt.splitlines() if ln.startswith("model name"))
-        flags = next(ln.split(":", 1)[1].split() for ln in txt.splitlines() if ln.startswith("flags"))
-        return f"{name}; avx512f={'avx512f' in flags}, avx512_bf16={'avx512_bf16' in flags}; {os.cpu_count()} cpus"
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":

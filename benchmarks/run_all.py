@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import platform
 import re
 import subprocess
@@ -44,12 +43,8 @@ def _run(script: str, *args: str, timeout: int = 3600) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from machine import cpu_description
+
     gpu = ""
     try:
         import torch
@@ -59,7 +54,7 @@ def machine() -> str:
         tv = torch.__version__
     except ImportError:
         tv = "none"
-    return f"{cpu}, {os.cpu_count()} CPU threads{gpu}; Python {platform.python_version()}, torch {tv}"
+    return f"{cpu_description()}{gpu}; Python {platform.python_version()}, torch {tv}"
 
 
 def run(device: str = "cpu", quick: bool = False) -> dict:

@@ -214,8 +214,9 @@ def test_bf16_refinement_matches_fp32_closely(generator, astronaut):
     generator.refine(a16, image, 5, precision="bf16")
     # bf16 products in the MLP only: the losses and the resulting avatars stay close
     np.testing.assert_allclose(a16.refine_losses, a32.refine_losses, rtol=0.05)
-    diff = np.linalg.norm(a16.gaussians.means - a32.gaussians.means, axis=1)
-    drift = np.linalg.norm(a32.gaussians.means - ff_means, axis=1)
+    k = len(ff_means)  # the template's Gaussians (the likeness fit may grow more after them)
+    diff = np.linalg.norm(a16.gaussians.means[:k] - a32.gaussians.means[:k], axis=1)
+    drift = np.linalg.norm(a32.gaussians.means[:k] - ff_means, axis=1)
     assert np.percentile(diff, 95) < 0.25 * np.percentile(drift, 95), (np.percentile(diff, 95), np.percentile(drift, 95))
     with pytest.raises(ValueError, match="precision"):
         generator.refine(a32, image, 1, precision="fp8")

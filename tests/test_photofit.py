@@ -139,13 +139,14 @@ def test_landmark_loss_pulls_the_face_onto_the_photos_landmarks(fit_setup):
 
 
 def test_prior_keeps_what_no_view_sees_and_symmetry_adds_the_mirrored_view(fit_setup):
+    from fastavatar_engine.fitting.views import refine_target
     from fastavatar_engine.generate import contributing_gaussians
     from fastavatar_engine.render import GaussianTensors
 
     gen, image = fit_setup
     ff = gen.generate(image)
     view = gen.photo_view(image, ff.face, ff.camera)
-    t = gen._refine_target(view, 128)
+    t = refine_target(view, 128, gen.device)
     seen = set(contributing_gaussians(GaussianTensors.from_numpy(ff.gaussians), t["c2w"], t["K"], t["w"], t["h"])
                .tolist())
     unseen = np.array(sorted(set(range(len(ff.gaussians))) - seen))

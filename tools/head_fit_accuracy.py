@@ -31,6 +31,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import cpu_description  # noqa: E402
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 
@@ -118,22 +120,12 @@ def main() -> None:
     summary["fit"]["converged"] = sum(r["converged"] for r in ok_rows)
     summary["fit"]["seconds_median"] = round(float(np.median([r["fit_seconds"] for r in ok_rows])), 3)
     result = {"views": len(rows), "no_face": len(rows) - len(ok_rows), "summary": summary,
-              "machine": {"cpu": _cpu(), "python": platform.python_version()},
+              "machine": {"cpu": cpu_description(), "python": platform.python_version()},
               "command": "python tools/head_fit_accuracy.py " + " ".join(sys.argv[1:]), "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
-
-
-def _cpu() -> str:
-    try:
-        txt = Path("/proc/cpuinfo").read_text()
-        name = next(ln.split(":", 1)[1].strip() for ln in txt.splitlines() if ln.startswith("model name"))
-        flags = next(ln.split(":", 1)[1].split() for ln in txt.splitlines() if ln.startswith("flags"))
-        return f"{name}; avx512f={'avx512f' in flags}, avx512_bf16={'avx512_bf16' in flags}; {os.cpu_count()} cpus"
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 if __name__ == "__main__":
