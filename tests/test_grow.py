@@ -16,6 +16,16 @@ def _avatar():
         return FastAvatarModel.load().decode(np.zeros(512, np.float32))
 
 
+def _front():
+    """(avatar, c2w, K, alpha [128,128]) of the zero-code avatar from 1 m in front."""
+    g = _avatar()
+    c2w = orbit_c2w(0.0, 0.0, 1.0)
+    K = intrinsics(300.0, 300.0, 64, 64)
+    with torch.no_grad():
+        _, alpha = render(g, c2w, K, 128, 128)
+    return g, c2w, K, alpha.numpy()
+
+
 def test_depth_render_is_the_camera_depth_of_the_surface():
     g = _avatar()
     c2w = orbit_c2w(0.0, 0.0, 1.0)
@@ -28,12 +38,7 @@ def test_depth_render_is_the_camera_depth_of_the_surface():
 
 
 def test_grown_gaussians_fill_the_uncovered_part_of_the_mask():
-    g = _avatar()
-    c2w = orbit_c2w(0.0, 0.0, 1.0)
-    K = intrinsics(300.0, 300.0, 64, 64)
-    with torch.no_grad():
-        _, alpha = render(g, c2w, K, 128, 128)
-    alpha = alpha.numpy()
+    g, c2w, K, alpha = _front()
     mask = (alpha > 0.5).astype(np.float32)
     mask[:12, 40:88] = 1.0  # a bun above the head: person, but no avatar there
     assert (alpha[:12, 40:88] < 0.35).mean() > 0.9
@@ -58,12 +63,8 @@ def test_grown_gaussians_fill_the_uncovered_part_of_the_mask():
 
 
 def test_nothing_grows_when_the_avatar_covers_the_mask():
-    g = _avatar()
-    c2w = orbit_c2w(0.0, 0.0, 1.0)
-    K = intrinsics(300.0, 300.0, 64, 64)
-    with torch.no_grad():
-        _, alpha = render(g, c2w, K, 128, 128)
-    view = {"image": torch.zeros(128, 128, 3), "mask": (alpha > 0.6).float(), "valid": None, "c2w": c2w, "K": K,
+    g, c2w, K, alpha = _front()
+    view = {"image": torch.zeros(128, 128, 3), "mask": torch.as_tensor((alpha > 0.6).astype(np.float32)), "valid": None, "c2w": c2w, "K": K,
             "w": 128, "h": 128, "mirrored": False, "foreground": True}
     extra, parents = grow_into_mask(g, [view])
     assert extra is None and len(parents) == 0
