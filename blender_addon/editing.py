@@ -11,6 +11,11 @@
   At zero edits this reproduces the refined avatar (to float32 rounding); edits move the
   avatar in the base model's latent space and keep the refinement's per-Gaussian detail, a
   first-order transfer that is exact for the code and approximate for the detail.
+  An avatar on its photo's own head (the engine's head fit) keeps that head shape the same way:
+  the engine sends the plain decode of its code on the model's template (``base_packed``) and
+  the residual carries the difference. Gaussians grown by the likeness fit (rows after the
+  template's) are based on their template parent's decode (``obj["fastavatar_parents"]``,
+  :func:`expand_to_parents`).
 * ``obj.fastavatar.edits``: one entry per attribute direction (name + keyframable ``amount``);
   the unit vectors themselves are copied onto the object (``obj["fastavatar_directions"]``) so
   that a .blend never depends on the library folder;

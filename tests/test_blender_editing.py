@@ -53,7 +53,7 @@ def test_keyed_slider_at_frame_12_equals_exact_decode(edited, model):
     d = load_direction(out / "dirs" / "planted.json").vector
     # Blender's default Bezier easing between (1, 0) and (24, 2): strictly between, not linear
     assert 0.0 < info["amount_12"] < 2.0 and abs(info["amount_12"] - 2.0 * 11 / 23) < 0.2
-    expected = decode(model, z["a_code"] + np.float32(info["amount_12"]) * d)
+    expected = decode(model, z["a_code"] + np.float32(info["amount_12"]) * d) + z["a_res0"]  # + its head shape
     np.testing.assert_allclose(z["a_12"], expected, rtol=0, atol=1e-5)
     assert np.abs(z["a_12"] - z["a_plain"]).max() > 1e-3  # the edit did move the avatar
     # after save + reload, re-evaluating frame 12 gives the same arrays
@@ -83,7 +83,10 @@ def test_interpolation_endpoints_are_the_inputs_and_midpoint_is_exact(edited, mo
     assert np.array_equal(z["blend_1"], z["b_plain"])
     d = load_direction(out / "dirs" / "planted.json").vector
     wa = z["a_code"] + np.float32(info["amount_12"]) * d
-    np.testing.assert_allclose(z["blend_05"], decode(model, 0.5 * wa + 0.5 * z["b_code"]), rtol=0, atol=1e-5)
+    # each input's residual (its head shape on the model's template) mixes linearly with the code
+    expected = decode(model, 0.5 * wa + 0.5 * z["b_code"]) + 0.5 * z["a_res0"] + 0.5 * z["b_res0"]
+    np.testing.assert_allclose(z["blend_05"], expected, rtol=0, atol=1e-5)
+    assert np.abs(z["a_res0"]).max() > 1e-4  # the avatars sit on their photos' heads
 
 
 def test_cancelled_refinement_leaves_the_object_exactly_as_it_was(edited):
@@ -97,11 +100,17 @@ def test_refined_avatar_is_stored_as_code_plus_residual_and_edits_ride_on_top(ed
     out, info, z = edited
     assert info["b_refined_steps"] == 3
     assert not np.array_equal(z["b_code_refined"], z["b_code"])
-    base = decode(model, z["b_code_refined"])
+    parents = z["b_parents"]  # Gaussians grown by the fit are based on their template parent's decode
+
+    def base_of(code):
+        g = decode(model, code)
+        return np.concatenate([g, g[parents]]) if len(parents) else g
+
+    base = base_of(z["b_code_refined"])
     np.testing.assert_allclose(z["b_refined"], base + z["b_residual"], rtol=0, atol=1e-5)
     assert np.abs(z["b_residual"]).max() > 1e-4  # the fine-tuned decoder changed the Gaussians
     d = load_direction(out / "dirs" / "planted.json").vector
-    np.testing.assert_allclose(z["b_refined_edited"], decode(model, z["b_code_refined"] - 1.5 * d) + z["b_residual"],
+    np.testing.assert_allclose(z["b_refined_edited"], base_of(z["b_code_refined"] - 1.5 * d) + z["b_residual"],
                                rtol=0, atol=1e-5)
 
 
@@ -177,7 +186,10 @@ def test_export_operator_writes_the_avatar_as_shown_or_without_sliders(edited, m
     shown = pack_gaussians(read_ply(out / "b_shown.ply"))  # plyfile-based reader, engine axes
     np.testing.assert_array_equal(shown, z["b_refined_edited"])
     base = pack_gaussians(read_ply(out / "b_base.ply"))
-    np.testing.assert_allclose(base, decode(model, z["b_code_refined"]) + z["b_residual"], rtol=0, atol=1e-5)
+    plain = decode(model, z["b_code_refined"])
+    if len(z["b_parents"]):  # grown Gaussians: their parents' decode
+        plain = np.concatenate([plain, plain[z["b_parents"]]])
+    np.testing.assert_allclose(base, plain + z["b_residual"], rtol=0, atol=1e-5)
     assert (out / "b.glb").is_file() and not (out / "b.ply").exists()
     kept = int((sigmoid(z["b_refined_edited"][:, 51].astype(np.float64)) >= 0.1).sum())
     assert f"Exported {kept} splats to b.glb" in info["export_status"] and "left out" in info["export_status"]

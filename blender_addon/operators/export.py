@@ -27,7 +27,7 @@ def avatar_gaussians_for_export(obj, apply_edits: bool):
     if apply_edits or not any(e.amount for e in obj.fastavatar.edits):
         return avatar_mod.read_gaussians(obj.data)
     state = editing.effective_state(obj)
-    packed = editing.pack_gaussians(engine.get_client().decode(state.base)[0])
+    packed = editing.expand_to_parents(editing.pack_gaussians(engine.get_client().decode(state.base)[0]), state.parents)
     return editing.unpack_gaussians(packed + state.residual if state.residual is not None else packed)
 
 

@@ -99,6 +99,10 @@ def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
     a, b = gen(photo_a), gen(photo_b)
     arrays["a_code"], arrays["b_code"] = avatar_mod.get_code(a), avatar_mod.get_code(b)
     arrays["a_plain"], arrays["b_plain"] = packed(a), packed(b)
+    # the head shape (and anything refined) rides on the code as a residual: decode(w) + R
+    for key, o in (("a_res0", a), ("b_res0", b)):
+        r = editing.get_residual(o.data)
+        arrays[key] = np.zeros_like(arrays[key[0] + "_plain"]) if r is None else r
     # --- directions: the library's planted one; another model's is refused
     bpy.context.view_layer.objects.active = a
     bpy.ops.fastavatar.add_direction(name="planted")
@@ -166,6 +170,7 @@ def run_editing(scene, out: Path, photo_a, photo_b, other_model_dir):
     arrays["b_code_refined"] = avatar_mod.get_code(b)
     arrays["b_refined"] = packed(b)
     arrays["b_residual"] = editing.get_residual(b.data)
+    arrays["b_parents"] = editing.get_parents(b)  # Gaussians grown by the refinement, if any
     bpy.ops.fastavatar.add_direction(name="planted")
     b.fastavatar.edits["planted"].amount = -1.5
     arrays["b_refined_edited"] = packed(b)
@@ -375,6 +380,7 @@ def main():
             result["fit_object"] = dump_object(fitted, out, "fitted") | {
                 "refined_steps": fitted.fastavatar.refined_steps,
                 "residual": _editing.get_residual(fitted.data) is not None,
+                "parents": len(_editing.get_parents(fitted)),
                 "camera": json.loads(fitted.fastavatar.camera_json)}
             bpy.data.objects.remove(fitted)
             bpy.context.view_layer.objects.active = obj
