@@ -186,6 +186,14 @@ class AvatarGenerator:
             raise ValueError(f"identity backbone {self.embedder.name} gives {self.embedder.dim}-D embeddings; the "
                              f"model's encoder expects {self.model.encoder.in_dim}-D")
         self.front_end = FaceFrontEnd()
+        # the head model's fit and the template's binding: built now, not in the first Generate
+        try:
+            from .head.fit import prepare
+
+            prepare()
+            _ = self.model.head_template
+        except FileNotFoundError:  # no head model data: cameras fall back to PnP (photo_head)
+            pass
 
     def close(self) -> None:
         """Release the MediaPipe graphs (the generator cannot be used afterwards)."""

@@ -56,7 +56,8 @@ print(json.dumps(out))
     venv = Path(r["venv"])
     assert r["install"] == ["FINISHED"] and venv.is_relative_to(tmp_path / "user")
     assert Path(r["python"]).is_relative_to(venv) and Path(r["engine_cmd"]).is_relative_to(venv)
-    assert r["generate"] == ["FINISHED"] and r["splats"] == 10144 and r["device"] == "cpu"
+    # the template's 10,144 splats, plus any the default likeness fit grew where the hair reaches past it
+    assert r["generate"] == ["FINISHED"] and r["splats"] >= 10144 and r["device"] == "cpu"
     # the new environment holds the CPU torch pin and the engine from the bundled wheel, not this checkout
     check = subprocess.run([r["python"], "-c", "import torch, fastavatar_engine, json; "
                             "print(json.dumps([torch.__version__, fastavatar_engine.__file__]))"],

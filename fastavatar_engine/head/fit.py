@@ -324,6 +324,12 @@ def _landmark_normals(prob: _Problem, V: np.ndarray) -> np.ndarray:
 _PROBLEMS: dict = {}
 
 
+def prepare(model: HeadModel | None = None, num_identity: int = NUM_IDENTITY) -> None:
+    """Load the head model and precompute the fit's landmark and contour bases (~1 s), so that the
+    first :func:`fit_head` is as fast as the next (the engine calls this at start-up)."""
+    _problem(model or load_head_model(), num_identity)
+
+
 def _problem(model: HeadModel, num_identity: int) -> _Problem:
     key = (id(model), num_identity, RELIABILITY_WEIGHTS)
     if key not in _PROBLEMS:
