@@ -127,8 +127,8 @@ def test_rigid_motion_of_the_mesh_moves_every_gaussian_exactly(bound):
     V = bt.vertices(bt.coefficients(), dtype=torch.float64)
     Vm = V @ torch.as_tensor(R.T) + torch.as_tensor(t)
     rot0 = d.base_rotations.double()
-    mu, rot, ls = bt.binding.deform(Vm, None, rot0, d.base_scales.double())
-    mu0, rot_ref, _ = bt.binding.deform(V, None, rot0, d.base_scales.double())
+    mu, rot, ls = bt.binding.deform(Vm, rot0, d.base_scales.double())
+    mu0, rot_ref, _ = bt.binding.deform(V, rot0, d.base_scales.double())
     assert np.allclose(mu.numpy(), mu0.numpy() @ R.T + t, atol=1e-9)
     assert np.allclose(_quat_to_matrix(rot.numpy()), R[None] @ _quat_to_matrix(rot_ref.numpy()), atol=1e-9)
     # and the unmoved mesh leaves the rotations as they were (float32 basis: 1e-5)
@@ -139,8 +139,8 @@ def test_rigid_motion_of_the_mesh_moves_every_gaussian_exactly(bound):
 def test_uniform_scaling_of_the_mesh_scales_the_gaussians(bound):
     d, bt = bound
     V = bt.vertices(bt.coefficients(), dtype=torch.float64)
-    mu0, _, ls0 = bt.binding.deform(V, None, None, d.base_scales.double())
-    mu, _, ls = bt.binding.deform(V * 1.2, None, None, d.base_scales.double())
+    mu0, _, ls0 = bt.binding.deform(V, None, d.base_scales.double())
+    mu, _, ls = bt.binding.deform(V * 1.2, None, d.base_scales.double())
     assert np.allclose(mu.numpy(), 1.2 * mu0.numpy(), atol=1e-9)
     assert np.allclose((ls - ls0).numpy(), math.log(1.2), atol=1e-9)
 

@@ -189,13 +189,13 @@ class HeadBinding:
         offset = np.einsum("nji,nj->ni", R0, P - p0) / k0[:, None]
         return cls(triangles=T, tri=best_t, bary=best_b, offset=offset, rest_R=R0, rest_k=k0)
 
-    def deform(self, vertices, means=None, rotations=None, log_scales=None):
-        """Gaussians carried by the mesh ``vertices`` [V,3] (torch, any float dtype, differentiable).
+    def deform(self, vertices, rotations=None, log_scales=None):
+        """The bound Gaussians carried by the mesh ``vertices`` [V,3] (torch, metres, any float
+        dtype, differentiable): their centres from the stored barycentric points and offsets.
 
-        ``means`` [N,3], ``rotations`` [N,4] (w,x,y,z), ``log_scales`` [N,3]: the Gaussians in the
-        rest pose (torch; e.g. the template plus the decoder's residuals); ``means`` None uses the
-        bound rest positions' offsets as stored. Returns ``(means, rotations, log_scales)`` with
-        the same shapes; rotations come out unit length.
+        ``rotations`` [N,4] (w,x,y,z) and ``log_scales`` [N,3]: the Gaussians' rest rotations and
+        log-scales (torch), carried along when given. Returns ``(means [N,3], rotations [N,4] unit
+        or None, log_scales [N,3] or None)``.
         """
         import torch
 
@@ -208,11 +208,7 @@ class HeadBinding:
         R0 = torch.as_tensor(self.rest_R, dtype=dt, device=dev)
         k0 = torch.as_tensor(self.rest_k, dtype=dt, device=dev)
         ratio = kt / k0
-        if means is None:
-            o = torch.as_tensor(self.offset, dtype=dt, device=dev)
-        else:
-            V0p = self._rest_points(dev, dt)
-            o = torch.einsum("nji,nj->ni", R0, means - V0p) / k0[:, None]
+        o = torch.as_tensor(self.offset, dtype=dt, device=dev)
         off_scale = k0 * ratio.clamp(max=self.max_offset_scale, min=1.0 / self.max_offset_scale)
         mu = p + torch.einsum("nij,nj->ni", Rt, o) * off_scale[:, None]
         rot = ls = None
@@ -223,20 +219,3 @@ class HeadBinding:
         if log_scales is not None:
             ls = log_scales + torch.log(ratio)[:, None]
         return mu, rot, ls
-
-    def _rest_points(self, device, dtype):
-        import torch
-
-        if "_rest_np" not in self.__dict__:
-            raise RuntimeError("HeadBinding: call set_rest_vertices() before deforming explicit means")
-        cache = self.__dict__.setdefault("_rest_cache", {})
-        key = (str(device), str(dtype))
-        if key not in cache:
-            cache[key] = torch.as_tensor(self.__dict__["_rest_np"], dtype=dtype, device=device)
-        return cache[key]
-
-    def set_rest_vertices(self, rest_vertices: np.ndarray) -> None:
-        """Remember the rest mesh [V,3] so that :meth:`deform` can take explicit rest ``means``."""
-        V = np.asarray(rest_vertices, dtype=np.float64)
-        self.__dict__["_rest_np"] = np.einsum("nk,nkd->nd", self.bary, V[self.triangles[self.tri]])
-        self.__dict__["_rest_cache"] = {}

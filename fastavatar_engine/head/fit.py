@@ -88,7 +88,7 @@ class _Problem:
 
         self.model = model
         self.nid = num_identity
-        lb = LandmarkBinding.from_json(model.registration["landmarks"])
+        self.binding = lb = LandmarkBinding.from_json(model.registration["landmarks"])
         fixed = [i for i in range(478) if lb.tri[i] >= 0 and i not in IRIS_LANDMARKS and i not in CONTOUR]
         self.fixed = np.asarray(fixed)
         self.reliability = np.ones(len(fixed))
@@ -109,8 +109,6 @@ class _Problem:
         self.cand = cand
         self.c_mean = mean3[cand]
         self.c_modes = modes3[keep][:, cand]
-        self.keep = keep
-        # vertex -> incident triangles, for normals of the candidates
         self.tris = model.triangles
 
     def coeffs_full(self, a, b):
@@ -187,11 +185,11 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
         init.append(cam)
         obs.append(torch.as_tensor(uv, dtype=dt))
     # parameters
+    import cv2
+
     rv, tv = [], []
     for cam in init:
         vm = viewmat_from_c2w(cam.c2w)
-        import cv2
-
         rv.append(cv2.Rodrigues(vm[:3, :3])[0][:, 0])
         tv.append(vm[:3, 3])
     rvec = torch.tensor(np.array(rv), dtype=dt, requires_grad=True)
@@ -315,8 +313,8 @@ def _huber(r, delta: float = 3.0):
 
 
 def _landmark_normals(prob: _Problem, V: np.ndarray) -> np.ndarray:
-    lb = LandmarkBinding.from_json(prob.model.registration["landmarks"])
-    T = prob.tris[lb.tri[prob.fixed]]
+    """[L,3] unit normals of the fixed landmarks' triangles on the mesh ``V`` [V,3]."""
+    T = prob.tris[prob.binding.tri[prob.fixed]]
     n = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 

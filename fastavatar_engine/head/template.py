@@ -83,7 +83,7 @@ class BoundTemplate:
         """``(means [K,3], log_scales [K,3], rotations [K,4])`` float32 torch: the template on the
         head with these coefficients (None: the rest value). Rotations keep the template's norms."""
         V = self.vertices(self.coefficients(identity, expression))
-        mu, rot, ls = self.binding.deform(V, None, self.rotations, self.log_scales)
+        mu, rot, ls = self.binding.deform(V, self.rotations, self.log_scales)
         rot = rot * self.rotations.norm(dim=-1, keepdim=True)
         return mu, ls, rot
 
