@@ -36,6 +36,42 @@ def test_mirrored_camera_sees_the_mirrored_point_at_the_mirrored_pixel():
     np.testing.assert_allclose(mirror_landmarks(mirror_landmarks(lm, W), W), lm)
 
 
+def test_the_fit_crops_the_head_and_its_camera_follows_the_crop():
+    """refine_target crops to the person's head (mask box, limited to the head box around the
+    landmarks: shoulders out, hair above in) and moves K with it: a 3D point lands on the same
+    photo pixel, shifted by the crop and scaled by the resampling; the cropped image is the photo's."""
+    torch = pytest.importorskip("torch")
+    from fastavatar_engine.fitting.views import HEAD_BOX, RefineView, crop_box, refine_target
+
+    W, H = 800, 1000
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+    mask = np.zeros((H, W), np.float32)
+    mask[100:1000, 50:750] = 1.0  # hair from y=100, shoulders reaching the image's sides and bottom
+    lm = np.column_stack([rng.uniform(300, 500, 478), rng.uniform(300, 600, 478)])  # the face: 200 x 300 px
+    lm[0], lm[1] = (300, 300), (500, 600)
+    K = np.array([[900.0, 0, 400.0], [0, 900.0, 500.0], [0, 0, 1]])
+    c2w = look_at(np.array([0.0, 0.0, 0.8]), np.zeros(3))
+    view = RefineView(image, c2w, K, mask, True, landmarks=lm)
+    x0, y0, x1, y1 = crop_box(view)
+    size = 300.0
+    pad = 0.05 * 900  # 5% of the mask box's longer side
+    assert (x0, y0) == (max(50 - pad, int(300 - HEAD_BOX[0] * size)), max(100 - pad, int(300 - HEAD_BOX[1] * size)))
+    assert x1 == int(500 + HEAD_BOX[2] * size) and y1 == int(600 + HEAD_BOX[3] * size)  # shoulders cut
+    t = refine_target(view, 128, torch.device("cpu"))
+    assert t["crop"] == (x0, y0, x1, y1) and max(t["w"], t["h"]) == 128
+    sx, sy = t["w"] / (x1 - x0), t["h"] / (y1 - y0)
+    X = rng.normal(size=(30, 3)) * 0.05
+    uv, _ = project_points(X, c2w, K)
+    uv_t, _ = project_points(X, t["c2w"], t["K"])
+    np.testing.assert_allclose(uv_t, (uv - [x0, y0]) * [sx, sy], atol=1e-9)
+    np.testing.assert_allclose(t["landmarks"].numpy(), (lm - [x0, y0]) * [sx, sy], rtol=1e-5, atol=1e-3)
+    assert abs(float(t["image"].mean()) - image[y0:y1, x0:x1].mean() / 255.0) < 2e-3
+    # without landmarks the mask's box (plus margin) is kept; with crop=False the whole photo
+    assert crop_box(RefineView(image, c2w, K, mask, True)) == (5, 55, 795, 1000)
+    assert refine_target(view, 128, torch.device("cpu"), crop=False)["crop"] == (0, 0, W, H)
+
+
 def test_body_below_the_chin_outside_the_template_is_ignored():
     H, W = 100, 80
     person = np.zeros((H, W), np.float32)
@@ -146,7 +182,7 @@ def test_prior_keeps_what_no_view_sees_and_symmetry_adds_the_mirrored_view(fit_s
     gen, image = fit_setup
     ff = gen.generate(image)
     view = gen.photo_view(image, ff.face, ff.camera)
-    t = refine_target(view, 128, gen.device)
+    t = refine_target(view, 128, gen.device, crop=False)  # the whole photo: its shoulders drift without the prior
     seen = set(contributing_gaussians(GaussianTensors.from_numpy(ff.gaussians), t["c2w"], t["K"], t["w"], t["h"])
                .tolist())
     unseen = np.array(sorted(set(range(len(ff.gaussians))) - seen))
@@ -155,6 +191,7 @@ def test_prior_keeps_what_no_view_sees_and_symmetry_adds_the_mirrored_view(fit_s
     for w in (0.0, 1.0):
         av = gen.generate(image)
         gen.refine(av, image, 12, refine_size=128, prior_weight=w, symmetry=False, camera=False, precision="fp32",
+                   crop=False,
                    detail_steps=0)  # the prior acts in the decoder stage; the detail stage leaves unseen ones alone
         drift[w] = float(np.linalg.norm(av.gaussians.means[unseen] - ff.gaussians.means[unseen], axis=1).mean())
     assert drift[1.0] < 0.7 * drift[0.0], drift

@@ -34,7 +34,7 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
            landmark_weight: float = 1.0, prior_weight: float = 0.1, prior_samples: int = 1024,
            camera: bool | None = None, camera_warmup: int | None = None, lr_camera: float = 1e-3,
            detail_steps: int | None = None, lr_detail_color: float = 1e-2, lr_detail_means: float = 1e-4,
-           detail_reg: float = 0.1, transfer: bool = True, grow: int = DEFAULT_GROW):
+           detail_reg: float = 0.1, transfer: bool = True, grow: int = DEFAULT_GROW, crop: bool = True):
     """Optimise ``avatar`` (made by ``gen``, an :class:`~fastavatar_engine.generate.AvatarGenerator`) against ``image`` ([H,W,3] uint8 RGB); updates and returns ``avatar``.
 
     **What is fitted.** By default (no ``views``, ``c2w``, ``K`` or ``mask``) the product path of
@@ -92,7 +92,9 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
     weights jointly (``lr_code``, ``lr_decoder``); ``"heads"`` computes the shared body once,
     keeps the geometry at the feed-forward prediction and fine-tunes only the colour and
     opacity heads' output layers (``lr_heads``), so a step costs about one render per view.
-    Every image is box-resampled so its longer side is ``refine_size`` pixels.
+    Every image is cropped to the head (``crop``, :func:`~.views.crop_box`: the mask's box, with
+    landmarks at most the head box around the face) and box-resampled so its longer side is
+    ``refine_size`` pixels.
 
     ``geometry_anchor`` (full mode) adds lambda * (mean squared drift of the active Gaussians'
     means in mm + of their log-scales) from the feed-forward geometry (0 = off).
@@ -133,7 +135,7 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
     for i, v in enumerate(views):
         groups.setdefault(i if v.group is None else ("g", v.group), []).append(i)
     groups = list(groups.values())
-    targets = [refine_target(v, refine_size, device) for v in views]
+    targets = [refine_target(v, refine_size, device, crop=crop) for v in views]
     if camera is None:  # measured: helps a face the model knows, hurts an unseen one (README)
         camera = False
     if camera_warmup is None:

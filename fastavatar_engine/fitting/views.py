@@ -68,35 +68,95 @@ def face_mask(shape_hw: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
     return mask.astype(np.float32)
 
 
-def refine_target(view: RefineView, refine_size: int, device) -> dict:
-        """The view resampled for refinement: longer side ``refine_size`` px, tensors on the device."""
-        from ..cameras import viewmat_from_c2w
+#: the head box around the face's landmark box (size s: its longer side), as fractions of s:
+#: (left, top, right, bottom). Hair above and beside the face is inside it, the shoulders are not.
+HEAD_BOX = (0.6, 0.8, 0.6, 0.3)
+#: margin around the fitted region (the mask's box) kept by :func:`crop_box`, as a fraction of its
+#: longer side
+CROP_MARGIN = 0.05
 
-        image = np.asarray(view.image)
-        h0, w0 = image.shape[:2]
-        s = refine_size / max(h0, w0)
-        w1, h1 = max(8, round(w0 * s)), max(8, round(h0 * s))
 
-        def area(m, what):
-            m = np.asarray(m, np.float32)
-            if m.shape != (h0, w0):
-                raise ValueError(f"refinement {what} {list(m.shape)} does not match the photo {[h0, w0]}")
-            return torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(m)).to(device)[None, None],
-                                                   size=(h1, w1), mode="area")[0, 0]
+def crop_box(view: RefineView, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) integer pixel box of ``view.image`` that the fit needs.
 
-        K1 = scale_intrinsics(view.K, w1 / w0, h1 / h0)
-        lm = None
-        if view.landmarks is not None:
-            lm = np.asarray(view.landmarks, np.float64)
-            if lm.ndim != 2 or lm.shape[1] != 2 or not np.isfinite(lm).all():
-                raise ValueError(f"refinement landmarks must be finite [N,2] pixels, got {lm.shape}")
-            lm = torch.as_tensor(lm * np.array([w1 / w0, h1 / h0]), dtype=torch.float32, device=device)
-        return {
-            "image": torch.from_numpy(resample(image, (w1, h1)).astype(np.float32) / 255.0).to(device),
-            "mask": area(view.mask, "mask"),
-            "valid": None if view.ignore is None else 1.0 - (area(view.ignore, "ignore mask") > 0.5).float(),
-            "K": K1, "c2w": np.asarray(view.c2w, np.float64),
-            "K_t": torch.as_tensor(K1, dtype=torch.float32, device=device),
-            "viewmat": torch.as_tensor(viewmat_from_c2w(view.c2w), dtype=torch.float32, device=device),
-            "landmarks": lm, "mirrored": bool(view.mirrored), "weight": float(view.weight),
-            "w": w1, "h": h1, "foreground": bool(view.mask_is_foreground)}
+    The bounding box of the mask (pixels >= 0.5 of a foreground mask, > 0 of a loss region, less
+    the ignored pixels) grown by ``margin`` x its longer side; with landmarks, limited to the head
+    box around them (:data:`HEAD_BOX`: the shoulders and body, which the template does not have,
+    are left out). Clipped to the image; the whole image when the mask is empty.
+
+    Fitting this box at the refinement resolution, not the whole photo, keeps the head at about the
+    same number of pixels whatever the photo's framing, so the detail the fit can recover and its
+    cost no longer depend on how much of the photo is background or body."""
+    h, w = view.image.shape[:2]
+    m = np.asarray(view.mask) >= (0.5 if view.mask_is_foreground else 1e-6)
+    if view.ignore is not None:
+        m = m & (np.asarray(view.ignore) < 0.5)
+    ys, xs = np.nonzero(m)
+    if len(xs) == 0:
+        return 0, 0, w, h
+    lo = np.array([xs.min(), ys.min()], np.float64)
+    hi = np.array([xs.max() + 1, ys.max() + 1], np.float64)
+    pad = margin * float((hi - lo).max())
+    lo, hi = lo - pad, hi + pad
+    if view.landmarks is not None:
+        lm = np.asarray(view.landmarks, np.float64)[:468, :2]
+        lm = lm[np.isfinite(lm).all(1)]
+        if len(lm):
+            llo, lhi = lm.min(0), lm.max(0)
+            size = float((lhi - llo).max())
+            l, t, r, b = HEAD_BOX
+            lo = np.maximum(lo, llo - size * np.array([l, t]))
+            hi = np.minimum(hi, lhi + size * np.array([r, b]))
+            lo, hi = np.minimum(lo, llo), np.maximum(hi, lhi)  # never cut the face itself
+    x0, y0 = int(np.floor(max(0.0, lo[0]))), int(np.floor(max(0.0, lo[1])))
+    x1, y1 = int(np.ceil(min(w, hi[0]))), int(np.ceil(min(h, hi[1])))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return 0, 0, w, h
+    return x0, y0, x1, y1
+
+
+def refine_target(view: RefineView, refine_size: int, device, crop: bool = True) -> dict:
+    """The view as the fit uses it, as tensors on ``device``: cropped to :func:`crop_box` (with
+    ``crop``; the principal point moves with the crop) and box-resampled so its longer side is
+    ``refine_size`` pixels. Keys: ``image`` [h,w,3] float32 in [0,1], ``mask`` [h,w], ``valid``
+    ([h,w] 1 where the loss counts, or None), ``K`` (numpy, pixels of the fitted image), ``K_t``,
+    ``c2w`` (4x4 OpenGL), ``viewmat`` (OpenCV world-to-camera), ``landmarks`` ([N,2] pixels of the
+    fitted image, or None), ``crop`` (x0, y0, x1, y1 in the photo), ``w``, ``h`` and the view's
+    flags. Raises ``ValueError`` for masks or landmarks of the wrong shape."""
+    from ..cameras import viewmat_from_c2w
+
+    image = np.asarray(view.image)
+    h_img, w_img = image.shape[:2]
+    x0, y0, x1, y1 = crop_box(view) if crop else (0, 0, w_img, h_img)
+    h0, w0 = y1 - y0, x1 - x0
+    s = refine_size / max(h0, w0)
+    w1, h1 = max(8, round(w0 * s)), max(8, round(h0 * s))
+
+    def area(m, what):
+        m = np.asarray(m, np.float32)
+        if m.shape != (h_img, w_img):
+            raise ValueError(f"refinement {what} {list(m.shape)} does not match the photo {[h_img, w_img]}")
+        m = np.ascontiguousarray(m[y0:y1, x0:x1])
+        return torch.nn.functional.interpolate(torch.from_numpy(m).to(device)[None, None],
+                                               size=(h1, w1), mode="area")[0, 0]
+
+    Kc = np.array(view.K, np.float64, copy=True)
+    Kc[0, 2] -= x0
+    Kc[1, 2] -= y0
+    K1 = scale_intrinsics(Kc, w1 / w0, h1 / h0)
+    lm = None
+    if view.landmarks is not None:
+        lm = np.asarray(view.landmarks, np.float64)
+        if lm.ndim != 2 or lm.shape[1] != 2 or not np.isfinite(lm).all():
+            raise ValueError(f"refinement landmarks must be finite [N,2] pixels, got {lm.shape}")
+        lm = torch.as_tensor((lm - [x0, y0]) * np.array([w1 / w0, h1 / h0]), dtype=torch.float32, device=device)
+    return {
+        "image": torch.from_numpy(resample(np.ascontiguousarray(image[y0:y1, x0:x1]), (w1, h1))
+                                  .astype(np.float32) / 255.0).to(device),
+        "mask": area(view.mask, "mask"),
+        "valid": None if view.ignore is None else 1.0 - (area(view.ignore, "ignore mask") > 0.5).float(),
+        "K": K1, "c2w": np.asarray(view.c2w, np.float64),
+        "K_t": torch.as_tensor(K1, dtype=torch.float32, device=device),
+        "viewmat": torch.as_tensor(viewmat_from_c2w(view.c2w), dtype=torch.float32, device=device),
+        "landmarks": lm, "mirrored": bool(view.mirrored), "weight": float(view.weight),
+        "crop": (x0, y0, x1, y1), "w": w1, "h": h1, "foreground": bool(view.mask_is_foreground)}
