@@ -71,6 +71,10 @@ def main() -> None:
             r = json.loads(line)
             if r.get("fit") == fit:
                 done[r["person"]] = r
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or None
     rows = []
     with AvatarGenerator() as gen:
         emb = {}
@@ -82,7 +86,7 @@ def main() -> None:
             if pid in done:
                 rows.append(done[pid])
                 continue
-            row = {"person": pid, "fit": fit}
+            row = {"person": pid, "fit": fit, "commit": commit}
             try:
                 t = time.perf_counter()
                 av = gen.generate(str(neutral), refine_steps=fit)
@@ -128,6 +132,10 @@ def main() -> None:
                                      "faces_found": found, "n": len(ok)}
     summary["time_s_median"] = round(float(np.median([r["time_s"] for r in ok])), 2) if ok else None
     summary["no_face"] = [r["person"] for r in rows if "error" in r]
+    commits = {}
+    for r in rows:  # rows of a resumed run may come from older code (rows before the field: null)
+        commits[r.get("commit") or "unrecorded"] = commits.get(r.get("commit") or "unrecorded", 0) + 1
+    summary["people_per_commit"] = commits
     result = {"benchmark": "likeness_london", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/bench_likeness_london.py " + " ".join(sys.argv[1:]), "summary": summary}
     if args.out:
