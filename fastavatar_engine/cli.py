@@ -179,6 +179,7 @@ def cmd_detect(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from .cameras import intrinsics
     from .face import FaceFrontEnd, create_embedder, select_face
+    from .face.segment import PersonSegmenter
     from .images import load_image
 
     image = load_image(args.image)
@@ -191,8 +192,10 @@ def cmd_detect(args) -> int:
     with _QuietNativeStderr(not args.verbose), FaceFrontEnd() as fe:
         faces = fe.detect(image)
         face = select_face(faces, args.face_index, image_name=str(args.image))  # NoFaceError / FaceIndexError
+        segmenter = PersonSegmenter()
         report = fe.describe(image, with_camera=True, K=K, dense=not args.no_dense, faces=faces,
-                             camera_fn=_head_camera)
+                             camera_fn=lambda f, K_: _head_camera(f, K_, segmenter.segment(image, f)))
+        segmenter.close()
     report["image"] = str(args.image)
     report["selected_face"] = next(i for i, f in enumerate(faces) if f is face)
     if args.embed:
@@ -208,15 +211,16 @@ def cmd_detect(args) -> int:
     return 0
 
 
-def _head_camera(face, K):
-    """(camera, {"head": ...}) of one face from the head fit (PnP when the fit does not converge)."""
+def _head_camera(face, K, mask=None):
+    """(camera, {"head": ...}) of one face from the head fit on its landmarks and the photo's person
+    ``mask`` ([H,W] or None); PnP when the fit does not converge."""
     import warnings
 
     from .generate import photo_head
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        (camera,), fit = photo_head([face], Ks=[K])
+        (camera,), fit = photo_head([face], Ks=[K], masks=[mask])
     if fit is None:
         return camera, {"head": None, "camera_source": "pnp_template",
                         "camera_warning": "; ".join(str(w.message) for w in caught)}

@@ -111,11 +111,12 @@ def photo_camera(face, photo=None):
     return photo_head([face], [photo])[0][0]
 
 
-def photo_head(faces, photos=None, Ks=None):
+def photo_head(faces, photos=None, Ks=None, masks=None):
     """Cameras and head shape of one person's photos: ``([CameraEstimate], HeadFit | None)``.
 
     :func:`fastavatar_engine.head.fit.fit_head` fits one identity and a camera (and expression)
-    per photo to the faces' landmarks. A photo file (path or bytes) with EXIF
+    per photo to the faces' landmarks and, where ``masks`` (per photo an [H,W] person mask in
+    [0,1] or None) gives one, to the mask's outline beside the face. A photo file (path or bytes) with EXIF
     ``FocalLengthIn35mmFilm`` keeps that focal length (``focal_source`` 'exif'); ``Ks`` (per
     photo a [3,3] K or None) fixes the intrinsics outright ('given'). When the fit
     does not converge (or the head model is unavailable) the cameras are PnP against the mean
@@ -146,7 +147,7 @@ def photo_head(faces, photos=None, Ks=None):
     try:
         from .head.fit import fit_head
 
-        fit = fit_head(faces, Ks)
+        fit = fit_head(faces, Ks, masks=masks)
         reason = fit.reason
     except FileNotFoundError as exc:  # no head model data
         reason = str(exc)
@@ -215,8 +216,9 @@ class AvatarGenerator:
 
         ``face_index``: which face when there are several (default the largest).
         ``refine_steps`` > 0 runs :meth:`refine`. Raises ``ImageLoadError``, ``NoFaceError``,
-        ``FaceIndexError``, and ``ValueError`` for an array that is not [H,W,3] uint8. The camera:
-        :func:`photo_camera` (EXIF focal length for a file that carries one).
+        ``FaceIndexError``, and ``ValueError`` for an array that is not [H,W,3] uint8. The camera and
+        head shape: :func:`photo_head` on the face's landmarks and the photo's person mask (EXIF
+        focal length for a file that carries one).
         """
         image, name, face, timings = self._detect(photo, face_index)
         t = time.perf_counter()
@@ -226,7 +228,10 @@ class AvatarGenerator:
         w = self.model.encode(embedding)
         timings["encode"] = 1e3 * (time.perf_counter() - t)
         t = time.perf_counter()
-        cameras, fit = photo_head([face], [photo])
+        person = self.segmenter.segment(image, face)
+        timings["segment"] = 1e3 * (time.perf_counter() - t)
+        t = time.perf_counter()
+        cameras, fit = photo_head([face], [photo], masks=[person])
         timings["camera"] = 1e3 * (time.perf_counter() - t)
         head = None if fit is None else fit.identity.astype(np.float32)
         t = time.perf_counter()
@@ -280,7 +285,8 @@ class AvatarGenerator:
         if not photos:
             raise ValueError("several photos expected, got none")
         found = [self._detect(photo, face_index) for photo in photos]
-        cameras, fit = photo_head([f for _, _, f, _ in found], photos)
+        masks = [self.segmenter.segment(image, face) for image, _, face, _ in found]
+        cameras, fit = photo_head([f for _, _, f, _ in found], photos, masks=masks)
         head = None if fit is None else fit.identity.astype(np.float32)
         out = []
         for i, ((image, name, face, _), camera) in enumerate(zip(found, cameras)):

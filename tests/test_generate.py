@@ -206,18 +206,26 @@ def test_several_photos_fuse_codes_and_refine_against_every_view(generator, astr
 def test_bf16_refinement_matches_fp32_closely(generator, astronaut):
     from fastavatar_engine.generate import _cpu_has_bf16
 
+    from fastavatar_engine.render import render_to_uint8
+
     a32 = generator.generate(str(astronaut))
     a16 = generator.generate(str(astronaut))
-    ff_means = a32.gaussians.means.copy()
+    ff = a32.gaussians
     image = np.asarray(Image.open(astronaut).convert("RGB"))
     generator.refine(a32, image, 5, precision="fp32")
     generator.refine(a16, image, 5, precision="bf16")
-    # bf16 products in the MLP only: the losses and the resulting avatars stay close
+    # bf16 products in the MLP only: the losses and the resulting avatars stay close. Compared
+    # where it matters, in the photo's view: bf16 against fp32 differs far less than the fit
+    # changed the feed-forward avatar.
     np.testing.assert_allclose(a16.refine_losses, a32.refine_losses, rtol=0.05)
-    k = len(ff_means)  # the template's Gaussians (the likeness fit may grow more after them)
-    diff = np.linalg.norm(a16.gaussians.means[:k] - a32.gaussians.means[:k], axis=1)
-    drift = np.linalg.norm(a32.gaussians.means[:k] - ff_means, axis=1)
-    assert np.percentile(diff, 95) < 0.25 * np.percentile(drift, 95), (np.percentile(diff, 95), np.percentile(drift, 95))
+    h, w = image.shape[:2]
+
+    def psnr(ga, gb):
+        ra, rb = (render_to_uint8(g, a32.camera.c2w, a32.camera.K, w, h).astype(np.float64) for g in (ga, gb))
+        return 10 * np.log10(255.0 ** 2 / max(float(((ra - rb) ** 2).mean()), 1e-12))
+
+    p16, pfit = psnr(a32.gaussians, a16.gaussians), psnr(a32.gaussians, ff)
+    assert p16 > 30.0 and p16 > pfit + 10.0, (p16, pfit)
     with pytest.raises(ValueError, match="precision"):
         generator.refine(a32, image, 1, precision="fp8")
     assert isinstance(_cpu_has_bf16(), bool)

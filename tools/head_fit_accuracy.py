@@ -49,9 +49,15 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "nersemble_samples"))
     ap.add_argument("--subjects", nargs="+", default=["128", "306", "369"])
     ap.add_argument("--out")
+    ap.add_argument("--no-silhouette", action="store_true",
+                    help="fit the landmarks only (no person mask outline), as before the silhouette term")
+    ap.add_argument("--true-focal", action="store_true",
+                    help="diagnostic: give both estimators the calibrated K (how much of the rotation error "
+                         "the unknown focal length causes)")
     args = ap.parse_args()
     from fastavatar_engine.cameras import load_subject, rotation_angle_deg
     from fastavatar_engine.face import FaceFrontEnd, estimate_camera, load_landmark_template
+    from fastavatar_engine.face.pose import camera_angles
     from fastavatar_engine.face.triangulate import triangulate_subject
     from fastavatar_engine.head import load_head_model
     from fastavatar_engine.head.fit import fit_head
@@ -63,6 +69,9 @@ def main() -> None:
     lb = LandmarkBinding.from_json(model.registration["landmarks"])
     tpl = load_landmark_template().points
     rows, summary = [], {}
+    from fastavatar_engine.face.segment import PersonSegmenter
+
+    segmenter = None if args.no_silhouette else PersonSegmenter()
     with FaceFrontEnd() as fe:
         for s in args.subjects:
             root = Path(args.data) / s
@@ -81,9 +90,11 @@ def main() -> None:
                     continue
                 face = max(faces, key=lambda f: f.area)
                 c2w_true = Th @ v.c2w
-                pnp = estimate_camera(face)
+                K_given = np.asarray(v.K, np.float64) if args.true_focal else None
+                pnp = estimate_camera(face, K=K_given)
                 t0 = time.perf_counter()
-                fit = fit_head(face)
+                mask = None if segmenter is None else segmenter.segment(img, face)  # product path
+                fit = fit_head(face, Ks=[K_given], masks=[mask])
                 dt = time.perf_counter() - t0
                 cam = fit.cameras[0]
                 pts = model.vertices(fit.identity, fit.expressions[0])
@@ -96,8 +107,10 @@ def main() -> None:
                        "converged": fit.converged, "reason": fit.reason, "rms_px": round(float(fit.rms_px[0]), 2)}
                 for tag, c in (("pnp", pnp), ("fit", cam)):
                     row[tag] = {"rotation_deg": round(rotation_angle_deg(c.c2w, c2w_true), 3),
-                                "focal_error_pct": round(100 * (c.K[1, 1] / v.K[1, 1] - 1), 2)}
+                                "focal_error_pct": round(100 * (c.K[1, 1] / v.K[1, 1] - 1), 2),
+                                "yaw_pitch_roll_deg": [round(float(a), 2) for a in camera_angles(c.c2w)]}
                     ests[tag].append(c.c2w)
+                row["true_yaw_pitch_roll_deg"] = [round(float(a), 2) for a in camera_angles(c2w_true)]
                 row["pnp"]["landmarks_mm"] = round(lm_tpl, 2)
                 row["fit"]["landmarks_mm"] = round(lm_fit, 2)
                 trues.append(c2w_true)
