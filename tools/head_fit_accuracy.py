@@ -1,17 +1,21 @@
 """Camera and head shape from one photo, on the 48 calibrated sample views: the head fit against PnP.
 
     python tools/head_fit_accuracy.py --out runs/head_v2/camera_accuracy.json
+    python tools/head_fit_accuracy.py --no-silhouette --out runs/head_v2/camera_accuracy_landmarks_only.json
 
-For every view of each sample subject the photo alone (its MediaPipe landmarks; no calibration,
-no mask) gives (a) today's PnP camera against the mean landmark template at the default 30-degree
-field of view and (b) :func:`fastavatar_engine.head.fit.fit_head` (camera + identity +
-expression). Both are compared with the calibrated camera in the subject's FLAME head frame:
+For every view of each sample subject the photo alone (its MediaPipe landmarks and its person
+mask from segmentation, as Generate computes them; no calibration, no dataset mask) gives (a) the
+PnP camera against the mean landmark template at the default 30-degree field of view and (b)
+:func:`fastavatar_engine.head.fit.fit_head` (camera + identity + expression, the landmarks and
+the mask's outline; ``--no-silhouette``: the landmarks only). ``--true-focal`` gives both the
+calibrated K (a diagnostic: how much of the error the unknown focal length causes). Both are compared with the calibrated camera in the subject's FLAME head frame:
 
 * ``rotation_deg``: geodesic angle between the estimated and calibrated camera rotations;
 * ``rotation_aligned_deg``: the same after removing one rotation per subject (the best rotation
   taking the subject's 16 estimated cameras onto the calibrated ones: the fitted head may be
   tilted against FLAME's tracked head frame by a fixed amount, which is not a camera error);
 * ``focal_error_pct``: 100 (f_est / f_true - 1);
+* ``yaw_pitch_roll_deg`` per view, beside ``true_yaw_pitch_roll_deg``;
 * ``landmarks_mm`` (head fit only): the fitted head's 3D landmarks against the subject's
   triangulated ones after a similarity alignment (shape error), and for PnP the mean template's.
 Prints JSON (summary) and writes per-view rows with ``--out``.
