@@ -70,6 +70,10 @@ def test_the_fit_crops_the_head_and_its_camera_follows_the_crop():
     # without landmarks the mask's box (plus margin) is kept; with crop=False the whole photo
     assert crop_box(RefineView(image, c2w, K, mask, True)) == (5, 55, 795, 1000)
     assert refine_target(view, 128, torch.device("cpu"), crop=False)["crop"] == (0, 0, W, H)
+    with pytest.raises(ValueError, match="mask .* does not match the photo"):
+        refine_target(RefineView(image, c2w, K, mask[:500], True), 128, torch.device("cpu"))
+    with pytest.raises(ValueError, match="ignore mask .* does not match the photo"):
+        refine_target(RefineView(image, c2w, K, mask, True, ignore=np.zeros((3, 3))), 128, torch.device("cpu"))
 
 
 def test_body_below_the_chin_outside_the_template_is_ignored():

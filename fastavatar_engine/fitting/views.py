@@ -127,16 +127,16 @@ def refine_target(view: RefineView, refine_size: int, device, crop: bool = True)
 
     image = np.asarray(view.image)
     h_img, w_img = image.shape[:2]
+    for what, m in (("mask", view.mask), ("ignore mask", view.ignore)):
+        if m is not None and np.shape(m) != (h_img, w_img):
+            raise ValueError(f"refinement {what} {list(np.shape(m))} does not match the photo {[h_img, w_img]}")
     x0, y0, x1, y1 = crop_box(view) if crop else (0, 0, w_img, h_img)
     h0, w0 = y1 - y0, x1 - x0
     s = refine_size / max(h0, w0)
     w1, h1 = max(8, round(w0 * s)), max(8, round(h0 * s))
 
-    def area(m, what):
-        m = np.asarray(m, np.float32)
-        if m.shape != (h_img, w_img):
-            raise ValueError(f"refinement {what} {list(m.shape)} does not match the photo {[h_img, w_img]}")
-        m = np.ascontiguousarray(m[y0:y1, x0:x1])
+    def area(m):
+        m = np.ascontiguousarray(np.asarray(m, np.float32)[y0:y1, x0:x1])
         return torch.nn.functional.interpolate(torch.from_numpy(m).to(device)[None, None],
                                                size=(h1, w1), mode="area")[0, 0]
 
@@ -153,8 +153,8 @@ def refine_target(view: RefineView, refine_size: int, device, crop: bool = True)
     return {
         "image": torch.from_numpy(resample(np.ascontiguousarray(image[y0:y1, x0:x1]), (w1, h1))
                                   .astype(np.float32) / 255.0).to(device),
-        "mask": area(view.mask, "mask"),
-        "valid": None if view.ignore is None else 1.0 - (area(view.ignore, "ignore mask") > 0.5).float(),
+        "mask": area(view.mask),
+        "valid": None if view.ignore is None else 1.0 - (area(view.ignore) > 0.5).float(),
         "K": K1, "c2w": np.asarray(view.c2w, np.float64),
         "K_t": torch.as_tensor(K1, dtype=torch.float32, device=device),
         "viewmat": torch.as_tensor(viewmat_from_c2w(view.c2w), dtype=torch.float32, device=device),
