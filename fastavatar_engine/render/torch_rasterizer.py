@@ -214,16 +214,18 @@ def _rasterize_band(
         pxy = torch.stack([(pix % width).to(dtype) + 0.5, (pix // width + row0).to(dtype) + 0.5], 1)
 
     # differentiable pass over the pairs that contribute: one gather of every parameter
-    par = torch.cat([means2d, conics, opacities[:, None], colors], 1).index_select(0, gid)
-    d = par[:, 0:2] - pxy
-    dx, dy = d[:, 0], d[:, 1]
-    sigma = 0.5 * (par[:, 2] * dx * dx + par[:, 4] * dy * dy) + par[:, 3] * dx * dy
-    alpha = torch.clamp_max(par[:, 5] * torch.exp(-sigma), ALPHA_MAX)
+    # (unbind, not column slices: a slice's backward fills a zero tensor of the whole gather each)
+    mx, my, ca, cb, cc, op, cr, cg, cbl = torch.cat(
+        [means2d, conics, opacities[:, None], colors], 1).index_select(0, gid).unbind(1)
+    px_c, py_c = pxy.unbind(1)
+    dx, dy = mx - px_c, my - py_c
+    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    alpha = torch.clamp_max(op * torch.exp(-sigma), ALPHA_MAX)
     log1m = torch.log1p(-alpha)
     T = torch.exp(_segment_exclusive_logT(log1m, seg)).to(dtype)
     wgt = alpha * T
     acc = torch.zeros(npix, 4, dtype=dtype, device=device).index_add(
-        0, pix, torch.cat([wgt[:, None] * par[:, 6:9], wgt[:, None]], 1)
+        0, pix, torch.stack([wgt * cr, wgt * cg, wgt * cbl, wgt], 1)
     )
     acc_a = acc[:, 3]
     rgb = acc[:, :3] + (1.0 - acc_a)[:, None] * background.to(dtype)
