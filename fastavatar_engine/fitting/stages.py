@@ -8,8 +8,9 @@
 * **Detail stage** (:class:`DetailStage`): the decoder's result fitted per Gaussian, as 3DGS does
   (SH DC colour, mean, log-scales, opacity logit; rotations and higher bands stay), optionally
   starting from the appearance transfer (:func:`~.appearance.photo_colours`) and with Gaussians
-  grown where the person reaches past the avatar (:mod:`.grow`); a squared-drift penalty keeps it
-  near where it started.
+  grown where the person reaches past the avatar (:mod:`.grow`) and, once, the coarse Gaussians
+  where the photo has detail split in two (:mod:`.densify`); a squared-drift penalty keeps it near
+  where it started.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import torch
 from ..gaussians import SH_C0
 from ..render import GaussianTensors
 from .appearance import photo_colours, select
+from ..cameras import viewmat_from_c2w
 from .camera import corrected_camera
+from .densify import GradientStats, projected_radius, split, split_candidates
 
 #: Heads that the "heads" refinement mode fine-tunes; geometry heads stay fixed.
 APPEARANCE_HEADS = ("color", "opacity")
@@ -79,13 +82,14 @@ class DetailStage:
     """Per-Gaussian leaves started from ``g0`` (the decoder stage's result).
 
     Args: ``targets``: the refinement targets; ``cameras``: per target ``(c2w, K)`` to transfer
-    colours with; ``transfer``: start from the photos' colours; ``grow``: cap on grown Gaussians
-    (0: none); ``lrs``: learning rates of means, log-scales, opacity logits, DC colour;
-    ``reg``: weight of the squared drift (means in cm, log-scales, opacity logits).
+    colours with (and to measure view-space gradients in); ``transfer``: start from the photos'
+    colours; ``grow``: cap on grown Gaussians (0: none); ``lrs``: learning rates of means,
+    log-scales, opacity logits, DC colour; ``reg``: weight of the squared drift (means in cm,
+    log-scales, opacity logits); ``split``: cap on Gaussians :meth:`densify` splits (0: none).
     """
 
     def __init__(self, g0: GaussianTensors, targets: list, cameras: list, transfer: bool, grow: int, lrs: tuple,
-                 reg: float):
+                 reg: float, split: int = 0):
         self.num_template = g0.means.shape[0]
         d = {k: getattr(g0, k).detach().clone() for k in ("means", "log_scales", "opacity_logits")}
         d["dc"] = g0.sh[:, :1].detach().clone()
@@ -110,15 +114,51 @@ class DetailStage:
                 d["dc"] = torch.cat([d["dc"], extra.sh[:, :1]])
                 self.rest = torch.cat([self.rest, extra.sh[:, 1:]])
                 self.rots = torch.cat([self.rots, extra.rotations])
-        self.leaves = {k: v.requires_grad_(True) for k, v in d.items()}
-        lr_means, lr_scales, lr_opacity, lr_dc = lrs
+        self.lrs, self.reg, self.split_budget = lrs, reg, int(split)
+        self._set_leaves(d)
+        dev = self.leaves["means"].device
+        self.cameras = [(torch.as_tensor(viewmat_from_c2w(np.asarray(c2w, np.float64)), dtype=torch.float32, device=dev),
+                         torch.as_tensor(np.asarray(K), dtype=torch.float32, device=dev)) for c2w, K in cameras]
+        self.stats = GradientStats(self.leaves["means"].shape[0], dev) if self.split_budget > 0 else None
+        self.num_split = 0
+
+    def _set_leaves(self, d: dict) -> None:
+        """Make ``d`` the optimised leaves, with a fresh optimiser and drift anchor."""
+        self.leaves = {k: v.detach().requires_grad_(True) for k, v in d.items()}
+        lr_means, lr_scales, lr_opacity, lr_dc = self.lrs
         self.opt = torch.optim.Adam([
             {"params": [self.leaves["means"]], "lr": lr_means},
             {"params": [self.leaves["log_scales"]], "lr": lr_scales},
             {"params": [self.leaves["opacity_logits"]], "lr": lr_opacity},
             {"params": [self.leaves["dc"]], "lr": lr_dc}])
         self.anchor = {k: v.detach().clone() for k, v in self.leaves.items()}
-        self.reg = reg
+
+    def observe(self, target_index: int) -> None:
+        """After a backward pass through target ``target_index``'s render: accumulate the
+        view-space gradients that :meth:`densify` selects by (no-op without a split budget)."""
+        if self.stats is not None:
+            self.stats.add(self.leaves["means"], *self.cameras[target_index])
+
+    def densify(self, target_index: int, min_radius_px: float = 3.0) -> int:
+        """Split up to the split budget of the Gaussians with the largest average view-space
+        gradient whose 3-sigma radius in target ``target_index``'s image is at least
+        ``min_radius_px`` (:mod:`.densify`); restarts the optimiser. Returns how many were split."""
+        if self.stats is None:
+            return 0
+        with torch.no_grad():
+            radius = projected_radius(self.gaussians(), *self.cameras[target_index])
+            idx = split_candidates(self.stats.mean, radius, self.split_budget, min_radius_px)
+        self.stats = None
+        if idx.numel() == 0:
+            return 0
+        d, self.rots, self.rest = split(self.leaves, self.rots, self.rest, idx)
+        origin = torch.where(idx < self.num_template, idx,
+                             self.parents.to(idx.device)[(idx - self.num_template).clamp_min(0)]
+                             if len(self.parents) else idx)
+        self.parents = torch.cat([self.parents.to(idx.device), origin])
+        self._set_leaves(d)
+        self.num_split = int(idx.numel())
+        return self.num_split
 
     def gaussians(self) -> GaussianTensors:
         d = self.leaves
@@ -132,8 +172,8 @@ class DetailStage:
                            + ((d["opacity_logits"] - a["opacity_logits"]) ** 2).mean())
 
     def result(self) -> tuple[GaussianTensors, np.ndarray | None]:
-        """(the fitted Gaussians, parents [E] of the grown ones kept, or None): grown Gaussians
-        below 5% opacity are dropped (3DGS's opacity pruning)."""
+        """(the fitted Gaussians, parents [E] of the added ones kept (grown and split), or None):
+        added Gaussians below 5% opacity are dropped (3DGS's opacity pruning)."""
         with torch.no_grad():
             g = self.gaussians()
             if not len(self.parents):
