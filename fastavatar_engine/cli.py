@@ -302,7 +302,7 @@ _REFINE_OPTIONS = {"symmetry": bool, "mirror_weight": float, "silhouette_weight"
                    "prior_weight": float, "prior_samples": int, "refine_size": int, "lr_code": float,
                    "lr_decoder": float, "code_reg": float, "ssim_weight": float, "camera": bool,
                    "detail_steps": int, "transfer": bool, "lr_detail_color": float, "detail_reg": float, "grow": int,
-                   "crop": bool, "split": int, "split_after": int}
+                   "crop": bool, "split": int, "split_after": int, "lr_detail_means": float}
 
 
 def _refine_option(text: str):

@@ -81,7 +81,8 @@ def test_generate_cli_fits_the_photo_by_default(astronaut, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["refined_steps"] == DEFAULT_FIT_STEPS > 0 and "refine" in report["timings_ms"]
     meta = json.loads(out.with_suffix(".fastavatar.json").read_text())
-    assert meta["camera"]["focal_source"] == "default_fov" and meta["refined_steps"] == DEFAULT_FIT_STEPS
+    # the fit refines the photo's camera: the sidecar says where its focal length came from and that it moved
+    assert meta["camera"]["focal_source"] == "default_fov+refined" and meta["refined_steps"] == DEFAULT_FIT_STEPS
 
 
 def test_refinement_lowers_the_photo_loss_and_cancel_leaves_avatar_unchanged(generator, astronaut):

@@ -74,3 +74,15 @@ def test_prune_keeps_the_template_and_drops_transparent_grown_ones():
     logits = torch.tensor([-9.0, 2.0, -9.0, 0.0, -6.0])
     keep = prune(2, logits)
     assert keep.tolist() == [0, 1, 3]
+
+
+def test_a_thin_rim_is_not_grown_into_but_a_thick_mass_is():
+    from fastavatar_engine.fitting.grow import _thick_parts
+
+    gap = np.zeros((192, 192), bool)
+    gap[20:23, 40:150] = True  # a 3-px rim along the top of the head: curls, a camera a little off
+    gap[100:160, 10:50] = True  # a 40x60 px mass beside it: an afro, a bun
+    kept = _thick_parts(gap, 0.03)  # 0.03 x 192 = a 6-px disc
+    assert not kept[20:23].any()
+    assert kept[100:160, 10:50].mean() > 0.97 and not kept[:100].any() and not kept[160:].any()
+    assert np.array_equal(_thick_parts(gap, 0.0), gap)
