@@ -42,7 +42,9 @@ def test_grown_gaussians_fill_the_uncovered_part_of_the_mask():
     mask = (alpha > 0.5).astype(np.float32)
     mask[:12, 40:88] = 1.0  # a bun above the head: person, but no avatar there
     assert (alpha[:12, 40:88] < 0.35).mean() > 0.9
-    view = {"image": torch.full((128, 128, 3), 0.25), "mask": torch.as_tensor(mask), "valid": None,
+    image = torch.ones(128, 128, 3)  # a white backdrop, the person (and the bun) dark
+    image[torch.as_tensor(mask) > 0.5] = 0.25
+    view = {"image": image, "mask": torch.as_tensor(mask), "valid": None,
             "c2w": c2w, "K": K, "w": 128, "h": 128, "mirrored": False, "foreground": True}
     extra, parents = grow_into_mask(g, [view], budget=600, layers=3)
     assert extra is not None and 0 < len(extra.means) <= 600 and len(parents) == len(extra.means)
@@ -86,3 +88,17 @@ def test_a_thin_rim_is_not_grown_into_but_a_thick_mass_is():
     assert not kept[20:23].any()
     assert kept[100:160, 10:50].mean() > 0.97 and not kept[:100].any() and not kept[160:].any()
     assert np.array_equal(_thick_parts(gap, 0.0), gap)
+
+
+def test_pixels_of_the_backdrops_colour_inside_the_mask_are_not_grown_into():
+    from fastavatar_engine.fitting.grow import _background_coloured
+
+    img = np.full((64, 64, 3), 0.6, np.float32)  # a grey backdrop
+    mask = np.zeros((64, 64), np.float32)
+    mask[10:50, 10:50] = 1.0
+    img[10:50, 10:50] = (0.25, 0.15, 0.1)  # brown hair
+    img[20:30, 20:30] = 0.62  # backdrop showing between curls, inside the mask
+    bgc = _background_coloured(img, mask)
+    assert bgc[20:30, 20:30].all() and not bgc[10:20, 10:50].any() and not bgc[30:50, 10:50].any()
+    # a photo that is all person has no backdrop to compare with
+    assert not _background_coloured(img, np.ones((64, 64), np.float32)).any()

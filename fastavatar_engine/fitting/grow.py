@@ -15,10 +15,10 @@ whose rotation it takes) moved onto the uncovered pixel's viewing ray.
   Gaussian off the sagittal plane gets a mirrored twin (x -> -x), so a side the photo cannot see
   is plausible.
 * **Where**: inside the person mask (eroded by 2 px, off its soft edge), where the avatar's alpha
-  is below 0.35, in parts at least ``MIN_THICKNESS`` of the image thick (not a rim), above the
-  chin (hair, not the shoulders: on the sample subjects growing into the
-  shirt beside the template's body cost 1 dB on novel views; long hair below the chin stays the
-  template's).
+  is below 0.35, not of the background's colour (the backdrop between loose curls), in parts at
+  least ``MIN_THICKNESS`` of the image thick (not a rim), above the chin (hair, not the
+  shoulders: on the sample subjects growing into the shirt beside the template's body cost 1 dB
+  on novel views; long hair below the chin stays the template's).
 * **Appearance**: the photo's colour at the pixel (SH DC), no higher bands, opacity 0.5, an
   isotropic scale of the sampling stride at that depth. The refinement's per-Gaussian stage then
   fits them with the others; :func:`prune` drops the ones left nearly transparent.
@@ -42,6 +42,9 @@ DEFAULT_BUDGET = 3000
 #: Uncovered = person mask above this and rendered alpha below ``ALPHA_EMPTY``.
 MASK_ON = 0.5
 ALPHA_EMPTY = 0.35
+#: Photo pixels this close to the background's median colour (largest channel difference) are not
+#: grown into.
+BACKGROUND_TOLERANCE = 0.08
 #: Uncovered parts thinner than this fraction of the fit image's longer side (the head crop: about
 #: 1.5 cm) are not grown into.
 MIN_THICKNESS = 0.03
@@ -81,6 +84,19 @@ def _head_region(landmarks, shape_hw) -> np.ndarray:
     lm = landmarks.cpu().numpy() if isinstance(landmarks, torch.Tensor) else np.asarray(landmarks)
     chin = lm[:468, 1].max()
     return np.repeat((np.arange(h) + 0.5 <= chin)[:, None], w, axis=1)
+
+
+def _background_coloured(image: np.ndarray, mask: np.ndarray, tolerance: float = BACKGROUND_TOLERANCE) -> np.ndarray:
+    """[H,W] bool: pixels whose colour is within ``tolerance`` (largest channel difference, colours
+    in [0, 1]) of the photo's background, the median colour where the person ``mask`` is below 0.05
+    (all False when under 1% of the image is background). Loose curls and wisps leave background
+    between them inside the person mask; grown there, Gaussians took the backdrop's grey and showed
+    as grey-white blobs beside the hair. Hair of the backdrop's own colour is not grown into."""
+    bg = mask < 0.05
+    if bg.mean() < 0.01:
+        return np.zeros(mask.shape, bool)
+    colour = np.median(image[bg], axis=0)
+    return np.abs(image - colour).max(-1) < tolerance
 
 
 def _thick_parts(gap: np.ndarray, min_thickness: float) -> np.ndarray:
@@ -135,6 +151,8 @@ def grow_into_mask(g: GaussianTensors, views: list[dict], budget: int = DEFAULT_
         if v.get("valid") is not None:
             valid = v["valid"].cpu().numpy() if isinstance(v["valid"], torch.Tensor) else np.asarray(v["valid"])
             gap &= valid > 0.5
+        img = v["image"].cpu().numpy() if isinstance(v["image"], torch.Tensor) else np.asarray(v["image"])
+        gap &= ~_background_coloured(img, mask)
         gap = _thick_parts(gap, min_thickness)
         covered = alpha >= 0.5
         n_gap = int(gap.sum())
@@ -151,7 +169,6 @@ def grow_into_mask(g: GaussianTensors, views: list[dict], budget: int = DEFAULT_
         f = float(K[0, 0])
         thick = np.clip(0.5 * dist[ys, xs] * d_ref / f, 0.005, 0.04)
         uv = np.stack([xs + 0.5, ys + 0.5], 1).astype(np.float64)
-        img = v["image"].cpu().numpy() if isinstance(v["image"], torch.Tensor) else np.asarray(v["image"])
         rgb = img[ys, xs]
         offsets = np.linspace(-1.0, 1.0, layers) if layers > 1 else np.zeros(1)
         for o in offsets:

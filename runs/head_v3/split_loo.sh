@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 20, session 3: the detail stage's split (3DGS densification) on and off, leave-one-out 369
 # (model trained on 128 + 306), frontal photo (camera 8) in, default Generate (40-step fit), strict PSNR.
+# The first two ran when the fit size was still 256 px (the default until the third line measured 192).
 set -uo pipefail
 . .venv/bin/activate
 D=../shared/data/nersemble_samples
