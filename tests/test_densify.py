@@ -11,8 +11,8 @@ from fastavatar_engine.cameras import intrinsics, orbit_c2w, viewmat_from_c2w
 from fastavatar_engine.fitting.camera import project
 from fastavatar_engine.fitting.densify import (SPLIT_OFFSET, SPLIT_SHRINK, projected_radius, split,
                                                split_candidates, view_space_gradient)
-from fastavatar_engine.fitting.stages import DetailStage
 from fastavatar_engine.fitting.losses import LossWeights, view_loss
+from fastavatar_engine.fitting.stages import DetailStage
 from fastavatar_engine.render import GaussianTensors
 
 

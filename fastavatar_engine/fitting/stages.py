@@ -20,10 +20,10 @@ import copy
 import numpy as np
 import torch
 
+from ..cameras import viewmat_from_c2w
 from ..gaussians import SH_C0
 from ..render import GaussianTensors
 from .appearance import photo_colours, select
-from ..cameras import viewmat_from_c2w
 from .camera import corrected_camera
 from .densify import GradientStats, projected_radius, split, split_candidates
 
