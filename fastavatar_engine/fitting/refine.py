@@ -128,8 +128,9 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
 
     ``progress(step, steps, loss)`` is called every step; returning False cancels and leaves
     the avatar unchanged. ``preview(gaussians)`` (a GaussianSet, full decode) is called every
-    ``preview_every`` steps (0: never) for live display. Raises ``ValueError`` for an unknown
-    mode, precision or a missing camera/mask.
+    ``preview_every`` steps (0: never) for live display, not during the camera-only warm-up (the
+    avatar does not change then). Raises ``ValueError`` for an unknown mode, precision or a
+    missing camera/mask.
     """
     if mode == "auto":
         mode = "full"
@@ -261,7 +262,7 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
         losses.append(float(loss.detach()))
         if progress is not None and progress(step + 1, steps, losses[-1]) is False:
             return avatar  # cancelled: unchanged
-        if preview is not None and preview_every > 0 and (step + 1) % preview_every == 0 and step + 1 < steps:
+        if preview is not None and preview_every > 0 and (step + 1) % preview_every == 0 and step + 1 < steps and not warm:
             with torch.no_grad():
                 preview(current().to_numpy())
     if detail is not None:
