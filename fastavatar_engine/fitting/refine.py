@@ -74,9 +74,8 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
     **Camera.** With ``camera`` (default on: from the head-model camera, it gained 0.23 dB on
     held-out 369's novel views and 1.7 dB on training subject 306's; from the earlier PnP camera
     against a mean face it had cost the held-out subject 0.5 dB) each photo's camera is refined
-    too: a rotation
-    (axis-angle, camera frame), a translation (metres) and a log focal-length correction per
-    photo (its mirrored view follows, mirrored), learning rate ``lr_camera``. The first
+    too: a rotation (axis-angle, camera frame), a translation (metres) and a log focal-length
+    correction per photo (its mirrored view follows, mirrored), learning rate ``lr_camera``. The first
     ``camera_warmup`` steps (default min(30, steps // 5)) move only the cameras, aligning the
     feed-forward avatar to the photo before its shape changes, so the rigid misfit of the PnP
     camera is absorbed by the camera and not bent into the head. The refined camera replaces

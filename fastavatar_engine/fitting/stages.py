@@ -120,7 +120,6 @@ class DetailStage:
         self.cameras = [(torch.as_tensor(viewmat_from_c2w(np.asarray(c2w, np.float64)), dtype=torch.float32, device=dev),
                          torch.as_tensor(np.asarray(K), dtype=torch.float32, device=dev)) for c2w, K in cameras]
         self.stats = GradientStats(self.leaves["means"].shape[0], dev) if self.split_budget > 0 else None
-        self.num_split = 0
 
     def _set_leaves(self, d: dict) -> None:
         """Make ``d`` the optimised leaves, with a fresh optimiser and drift anchor."""
@@ -152,13 +151,12 @@ class DetailStage:
         if idx.numel() == 0:
             return 0
         d, self.rots, self.rest = split(self.leaves, self.rots, self.rest, idx)
-        origin = torch.where(idx < self.num_template, idx,
-                             self.parents.to(idx.device)[(idx - self.num_template).clamp_min(0)]
-                             if len(self.parents) else idx)
+        origin = idx.clone()  # a split grown Gaussian's children descend from its template parent
+        added = idx >= self.num_template
+        origin[added] = self.parents.to(idx.device)[idx[added] - self.num_template]
         self.parents = torch.cat([self.parents.to(idx.device), origin])
         self._set_leaves(d)
-        self.num_split = int(idx.numel())
-        return self.num_split
+        return int(idx.numel())
 
     def gaussians(self) -> GaussianTensors:
         d = self.leaves
