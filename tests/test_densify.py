@@ -147,3 +147,17 @@ def test_no_split_budget_changes_nothing():
     loss.backward()
     stage.observe(0)
     assert stage.densify(0) == 0 and stage.gaussians().means.shape[0] == 24
+
+
+def test_a_split_grown_gaussian_descends_from_its_template_parent():
+    stage, target = _stage_scene(split_budget=2)
+    # pretend the last four rows were grown from template Gaussians 3, 4, 5 and 6
+    stage.num_template, stage.parents = 20, torch.tensor([3, 4, 5, 6])
+    loss = view_loss(stage.gaussians(), target, LossWeights())
+    loss.backward()
+    stage.observe(0)
+    stage.stats.total.zero_()
+    stage.stats.total[[2, 21]] = 1.0  # the two largest gradients: template row 2 and grown row 21
+    assert stage.densify(0) == 2
+    assert stage.parents.tolist() == [3, 4, 5, 6, 2, 4]
+    assert stage.gaussians().means.shape[0] == 26
