@@ -362,42 +362,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- train
-def cmd_train(args) -> int:
-    data = Path(args.data)
-    out = Path(args.out)
-    if args.stage in ("fit", "all"):
-        from .train.fit import FitConfig, fit_subject
-
-        cfg = FitConfig(steps=args.fit_steps, image_scale=args.image_scale, device=args.device)
-        for s in args.subjects:
-            if (out / "fits" / f"{s}.ply").is_file() and not args.force:
-                print(f"[fit {s}] already done ({out / 'fits' / f'{s}.ply'}); --force to redo", file=sys.stderr)
-                continue
-            fit_subject(data / s, out, cfg, resume=not args.force)
-    if args.stage in ("template", "all"):
-        from .train.template import build_template_from_fits
-
-        build_template_from_fits(out, args.subjects)
-    if args.stage in ("decoder", "all"):
-        from .train.autodecoder import DecoderTrainConfig, train_decoder
-
-        cfg = DecoderTrainConfig(steps=args.decoder_steps, distill_steps=args.decoder_distill_steps,
-                                 image_scale=args.image_scale, device=args.device)
-        train_decoder(data, out, args.subjects, cfg, resume=not args.force)
-    if args.stage in ("encoder", "all"):
-        from .train.encoder_train import EncoderTrainConfig, train_encoder
-
-        train_encoder(data, out, args.subjects, EncoderTrainConfig(steps=args.encoder_steps))
-    if args.stage == "package":
-        from .train.package import package_run
-
-        if not args.model_dir:
-            raise CliError("train package needs --model-dir")
-        print(package_run(out, args.model_dir, args.model_id, args.subjects, args.commands or [], args.eval_json or []))
-    return 0
-
-
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -507,23 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--verbose", action="store_true", help="log every request on stderr")
     sv.set_defaults(func=cmd_serve)
 
-    t = sub.add_parser("train", help="train a FastAvatar model on multi-view subjects (resumable stages)")
-    t.add_argument("stage", choices=["fit", "template", "decoder", "encoder", "all", "package"])
-    t.add_argument("--data", required=True, help="folder of subject folders (e.g. ../shared/data/nersemble_samples)")
-    t.add_argument("--subjects", nargs="+", required=True, help="subject folder names, e.g. 128 306 369")
-    t.add_argument("--out", required=True, help="run folder (checkpoints and results)")
-    t.add_argument("--fit-steps", type=int, default=1000)
-    t.add_argument("--decoder-steps", type=int, default=2800)
-    t.add_argument("--encoder-steps", type=int, default=2000)
-    t.add_argument("--image-scale", type=float, default=0.5, help="training image scale (0.5 = 275x401)")
-    t.add_argument("--decoder-distill-steps", type=int, default=2500, help="warm-start steps of the decoder stage")
-    t.add_argument("--device", default="cpu", help="torch device for fit/decoder (cuda: gsplat rendering)")
-    t.add_argument("--force", action="store_true", help="redo finished stages instead of resuming")
-    t.add_argument("--model-dir", help="package: where to write the model bundle")
-    t.add_argument("--model-id", default="fastavatar-custom", help="package: the model's id")
-    t.add_argument("--eval-json", nargs="*", help="package: evaluation JSON files to include in the card")
-    t.add_argument("--commands", nargs="*", help="package: the exact commands that produced the run, for the card")
-    t.set_defaults(func=cmd_train)
+    from .cli_edit import add_edit_parser
+    from .cli_train import add_train_parser
+
+    add_train_parser(sub)
+    add_edit_parser(sub)
     return p
 
 
