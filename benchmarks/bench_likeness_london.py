@@ -2,6 +2,7 @@
 
     python benchmarks/bench_likeness_london.py --out runs/head_v2/likeness_london.json
     python benchmarks/bench_likeness_london.py --limit 24 --fit 40          # a quicker subset
+    python benchmarks/bench_likeness_london.py --held-out --out runs/default_v2/likeness_london_held_out.json
 
 For every person of ``../shared/data/london`` (Face Research Lab London Set, CC BY 4.0: DeBruine &
 Jones 2017, doi:10.6084/m9.figshare.5047666), the product path of ``fastavatar generate
@@ -15,6 +16,8 @@ stage saw. Two scores per view:
   between different people's photos (neutral against smiling, all pairs of different people);
 * ``rank1``: the render is closer to its own person's smiling photo than to any other person's.
 
+``--held-out`` scores only the people that default v2's training never saw
+(``fastavatar_engine/train/split_v2.json``); the threshold still comes from all the people's photos.
 Progress goes to stderr and, per person, to ``--out``'s ``.jsonl`` beside it (a rerun resumes).
 Prints the summary JSON. Renders are never written (the photos are not ours to share).
 """
@@ -54,6 +57,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--fit", type=int, default=None, help="likeness-fit steps (default: Generate's default)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--weights", default=None, help="model bundle (default: the packaged model)")
+    ap.add_argument("--held-out", action="store_true", help="only the people no stage of default v2 saw")
     args = ap.parse_args()
 
     import numpy as np
@@ -69,24 +74,31 @@ def main() -> None:
     if log is not None and log.is_file():
         for line in log.read_text().splitlines():
             r = json.loads(line)
-            if r.get("fit") == fit:
+            if r.get("fit") == fit and (args.weights is None or r.get("model_id")):
                 done[r["person"]] = r
     import subprocess
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or None
     rows = []
-    with AvatarGenerator() as gen:
+    scored = None
+    if args.held_out:
+        from fastavatar_engine.train.people import load_split
+
+        scored = {p.split("-", 1)[1] for p in load_split()["held_out"] if p.startswith("london-")}
+    with AvatarGenerator(args.weights) as gen:
         emb = {}
         for pid, neutral, smiling in people(Path(args.data), args.limit):
             for tag, path in (("neutral", neutral), ("smiling", smiling)):
                 img = load_image(path)
                 faces = gen.front_end.detect(img)
                 emb[(pid, tag)] = None if not faces else gen.embedder.embed(img, max(faces, key=lambda f: f.area))
+            if scored is not None and pid not in scored:
+                continue
             if pid in done:
                 rows.append(done[pid])
                 continue
-            row = {"person": pid, "fit": fit, "commit": commit}
+            row = {"person": pid, "fit": fit, "commit": commit, "model_id": gen.model.model_id}
             try:
                 t = time.perf_counter()
                 av = gen.generate(str(neutral), refine_steps=fit)
@@ -110,7 +122,8 @@ def main() -> None:
                 if a != b and emb[(a, "neutral")] is not None]
     threshold = float(np.percentile(impostor, 99))
     genuine = [float(np.dot(emb[(a, "neutral")], smile[a])) for a in smile if emb[(a, "neutral")] is not None]
-    summary = {"people": len(ids), "fit_steps": fit, "threshold_1pct_impostor": round(threshold, 4),
+    summary = {"people": len(rows), "threshold_people": len(ids), "model_id": gen.model.model_id, "fit_steps": fit,
+               "threshold_1pct_impostor": round(threshold, 4),
                "photo_to_photo_verified": round(float(np.mean(np.array(genuine) >= threshold)), 4)}
     ok = [r for r in rows if "error" not in r and r["person"] in smile]
     order = sorted(smile)

@@ -38,10 +38,11 @@ _LIBRARY_CACHE: dict = {}
 
 
 def library_directions(model_id: str):
-    """(directions, problems) of the library for ``model_id``; the files are parsed again only
-    when the folder's listing or a file's modification time changed (the panel asks on every
-    redraw)."""
-    from fastavatar_engine.directions import load_library
+    """(directions, problems) of the library for ``model_id``: the directions shipped with the
+    packaged model (smile, age, gender for the default model), then the library folder's (a file
+    of the same name replaces the shipped one). The files are parsed again only when the
+    folder's listing or a file's modification time changed (the panel asks on every redraw)."""
+    from fastavatar_engine.directions import load_library, shipped_directions
 
     folder = directions_dir()
     try:
@@ -51,7 +52,10 @@ def library_directions(model_id: str):
     key = (str(folder), model_id)
     hit = _LIBRARY_CACHE.get(key)
     if hit is None or hit[0] != stamp:
-        hit = (stamp, load_library(folder, model_id))
+        own, problems = load_library(folder, model_id)
+        merged = {d.name: d for d in shipped_directions(model_id)}
+        merged.update({d.name: d for d in own})
+        hit = (stamp, ([merged[k] for k in sorted(merged)], problems))
         _LIBRARY_CACHE[key] = hit
     return hit[1]
 

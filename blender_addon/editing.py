@@ -17,7 +17,8 @@
   template's) are based on their template parent's decode (``obj["fastavatar_parents"]``,
   :func:`expand_to_parents`).
 * ``obj.fastavatar.edits``: one entry per attribute direction (name + keyframable ``amount``);
-  the unit vectors themselves are copied onto the object (``obj["fastavatar_directions"]``) so
+  the vectors themselves (unit vectors times the direction's ``unit_amount``, so amount 1 is its
+  typical strength) are copied onto the object (``obj["fastavatar_directions"]``) so
   that a .blend never depends on the library folder;
 * a **blend** avatar (:func:`create_blend`) points at two input avatars (``blend_a``,
   ``blend_b``) and has a keyframable ``mix`` t in [0, 1]: its code is ``(1-t) w_A' + t w_B'``
@@ -120,7 +121,7 @@ def expand_to_parents(packed: np.ndarray, parents: np.ndarray, axis: int = 0) ->
 
 # ---------------------------------------------------------------------- directions on objects
 def object_directions(obj) -> dict[str, np.ndarray]:
-    """name -> unit vector [D] float32 of the directions copied onto ``obj``."""
+    """name -> vector [D] float32 of the directions copied onto ``obj`` (unit vector x unit_amount)."""
     group = obj.get(DIRECTIONS_KEY)
     if group is None:
         return {}
@@ -137,7 +138,9 @@ def add_direction(obj, direction) -> None:
     if group is None:
         obj[DIRECTIONS_KEY] = {}
         group = obj[DIRECTIONS_KEY]
-    group[direction.name] = [float(v) for v in direction.vector]
+    # scaled so that amount 1 is the direction's strength 1 (its unit_amount; 1.0 when it has none),
+    # as in ``fastavatar edit --strength``
+    group[direction.name] = [float(v) * direction.unit_amount for v in direction.vector]
     if direction.name not in obj.fastavatar.edits:
         item = obj.fastavatar.edits.add()
         item.name = direction.name
@@ -202,7 +205,7 @@ def _edit_terms(obj):
 @dataclass
 class EditState:
     """What an avatar's displayed Gaussians are made of: decode(``base`` + ``amounts`` @ ``dirs``)
-    + ``residual``. ``base`` [D] float32 code, ``dirs`` [M,D] unit directions, ``amounts`` [M],
+    + ``residual``. ``base`` [D] float32 code, ``dirs`` [M,D] direction vectors (x unit_amount), ``amounts`` [M],
     ``residual`` [N,59] packed or None. For a blend also ``mix_row`` [D] = w_B' - w_A' (d code /
     d mix) and ``mix_residual`` [N,59] = R_B - R_A (None when neither input is refined).
     ``parents`` [E]: rows K..N-1 are grown Gaussians whose plain decode is their parent's

@@ -76,6 +76,15 @@ class Direction:
     def code_dim(self) -> int:
         return int(self.vector.shape[0])
 
+    @property
+    def unit_amount(self) -> float:
+        """The code-space distance that strength 1 means (``provenance["unit_amount"]``: for a
+        learnt direction the typical distance between the classes, e.g. the mean neutral-to-smiling
+        move of the training pairs), or 1.0 when the direction does not say."""
+        u = self.provenance.get("unit_amount")
+        ok = isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u) and u > 0
+        return float(u) if ok else 1.0
+
     def check_model(self, model_id: str, code_dim: int | None = None) -> None:
         """Raise :class:`DirectionError` unless this direction belongs to ``model_id`` (and ``code_dim``)."""
         if model_id != self.model_id:
@@ -167,6 +176,20 @@ def load_library(folder, model_id: str | None = None) -> tuple[list[Direction], 
     return out, problems
 
 
+#: Where the packaged models live; each bundle may ship a ``directions/`` library.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_directions(model_id: str, weights_dir=WEIGHTS_DIR) -> list[Direction]:
+    """The directions shipped inside the package's model bundles (``weights/*/directions/*.json``)
+    for ``model_id``, sorted by name (numpy only: the Blender add-on lists them too)."""
+    out: dict[str, Direction] = {}
+    for folder in sorted(Path(weights_dir).glob("*/directions")):
+        for d in load_library(folder, model_id)[0]:
+            out[d.name] = d
+    return [out[k] for k in sorted(out)]
+
+
 #: Regularisation strengths tried when ``c`` is "auto" (smaller = stronger regularisation).
 C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -232,6 +255,39 @@ def train_direction(codes, labels, name: str, model_id: str, *, c: float | str =
                   "cross_validated": None if cv is None else round(cv, 4), "folds": k})
 
 
+def paired_direction(without, with_, name: str, model_id: str, *, folds: int = 5, source: str = "",
+                     seed: int = 0) -> Direction:
+    """A direction from pairs of the same avatars without and with an attribute (e.g. one person's
+    neutral and smiling photos): the normalised mean of the pairs' code differences ``with_ -
+    without`` ([N,D] each, row i one pair), so identity cancels out. ``accuracy``: ``train`` and
+    ``cross_validated`` are the fractions of pairs whose difference points along the direction
+    (projection > 0), the latter with directions from the other folds (k-fold over pairs).
+    ``provenance["unit_amount"]`` is the pairs' mean projection: strength 1 is the typical change.
+    Raises :class:`DirectionError` for fewer than 2 pairs, mismatched shapes or non-finite codes."""
+    a, b = np.asarray(without, np.float64), np.asarray(with_, np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise DirectionError(f"paired codes [N,D] of equal shape expected, got {list(a.shape)} and {list(b.shape)}")
+    if len(a) < 2 or not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise DirectionError("need at least 2 pairs of finite codes")
+    diff = b - a
+    mean = diff.mean(0)
+    if np.linalg.norm(mean) < 1e-12:
+        raise DirectionError("the pairs' differences cancel out: no direction")
+    d = mean / np.linalg.norm(mean)
+    k = min(folds, len(diff))
+    order = np.random.default_rng(seed).permutation(len(diff))
+    hits = []
+    for f in np.array_split(order, k):
+        rest = np.setdiff1d(order, f)
+        m = diff[rest].mean(0)
+        hits += list(diff[f] @ m > 0)
+    return Direction(name, model_id, d, provenance={
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "method": "mean paired difference",
+        "samples": {"pairs": len(diff)}, "source": source, "unit_amount": round(float((diff @ d).mean()), 5)},
+        accuracy={"train": round(float(np.mean(diff @ d > 0)), 4), "cross_validated": round(float(np.mean(hits)), 4),
+                  "folds": k})
+
+
 #: MediaPipe face-mesh landmark indices used by :func:`expression_measures`.
 _UPPER_INNER_LIP, _LOWER_INNER_LIP, _MOUTH_LEFT, _MOUTH_RIGHT = 13, 14, 61, 291
 _EYE_OUTER_RIGHT, _EYE_OUTER_LEFT, _FOREHEAD, _CHIN = 33, 263, 10, 152
@@ -273,5 +329,5 @@ def cosine(a, b) -> float:
 
 
 __all__ = ["Direction", "DirectionError", "direction_from_json", "load_direction", "save_direction",
-           "load_library", "train_direction", "direction_filename", "cosine", "expression_measures",
+           "load_library", "shipped_directions", "train_direction", "paired_direction", "direction_filename", "cosine", "expression_measures",
            "median_split_labels", "FORMAT", "VERSION"]

@@ -8,6 +8,8 @@ import pytest
 #: ../shared/data/nersemble_samples next to the repository (never copied into it).
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared/data/nersemble_samples"
 SUBJECTS = ("128", "306", "369")
+#: ../shared/data (London Set, faces, videos), read in place.
+SHARED_DATA = SAMPLES.parent
 
 
 #: Marker for tests that need the sample data (skipped when it is absent).

@@ -229,3 +229,19 @@ def test_decoding_a_subset_equals_the_full_decode_restricted_to_it():
         full, part = dec(w), dec(w, idx)
     for name in ("means", "log_scales", "rotations", "opacity_logits", "sh"):
         torch.testing.assert_close(getattr(part, name), getattr(full, name)[idx], atol=1e-5, rtol=1e-5)
+
+
+def test_linear_projector_is_the_linear_map_in_the_official_layout(tmp_path):
+    from fastavatar_engine.model.encoder import linear_projector
+
+    gen = torch.Generator().manual_seed(0)
+    W, b = torch.randn(512, 128, generator=gen), torch.randn(512, generator=gen)
+    enc = linear_projector(W, b)
+    x = torch.nn.functional.normalize(torch.randn(7, 128, generator=gen), dim=1)
+    with torch.no_grad():
+        np.testing.assert_allclose(enc(x).numpy(), (x @ W.T + b).numpy(), atol=1e-4)
+    # it is an ordinary projector: same keys and shapes as the official encoder, round-trips a bundle
+    assert {k: v.shape for k, v in enc.state_dict().items()} == \
+        {k: v.shape for k, v in FastAvatarEncoder(128, 512).state_dict().items()}
+    with pytest.raises(ValueError):
+        linear_projector(torch.zeros(512, 300), torch.zeros(512))

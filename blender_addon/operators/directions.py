@@ -43,7 +43,8 @@ class FASTAVATAR_OT_add_direction(bpy.types.Operator):
                 if path.is_file():
                     d = load_direction(path)
                 else:
-                    found = [x for x in load_library(directions_dir())[0] if x.name == name]
+                    found = [x for x in library_directions(obj.fastavatar.model_id)[0] + load_library(directions_dir())[0]
+                             if x.name == name]
                     if not found:
                         raise DirectionError(f"direction {name!r} not found in {directions_dir()}")
                     d = found[0]

@@ -50,6 +50,8 @@ class FastAvatarModel:
     card: dict = field(default_factory=dict)
     codes: dict = field(default_factory=dict)
     embedder: str = "dlib"
+    #: the bundle folder it was loaded from (None: built in memory or the official release)
+    folder: Path | None = None
 
     @property
     def model_id(self) -> str:
@@ -167,7 +169,8 @@ class FastAvatarModel:
         encoder = _encoder_from_state(enc_sd, folder / "encoder.safetensors")
         _check_pair(decoder, encoder, str(folder))
         codes = _read_safetensors(folder / "codes.safetensors") if (folder / "codes.safetensors").is_file() else {}
-        model = cls(decoder, encoder, card, {k: v.float() for k, v in codes.items()}, card.get("embedder", "dlib"))
+        model = cls(decoder, encoder, card, {k: v.float() for k, v in codes.items()}, card.get("embedder", "dlib"),
+                    folder)
         return model.to(device)
 
     # ------------------------------------------------------------------ official release

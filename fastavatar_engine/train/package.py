@@ -75,3 +75,73 @@ def package_run(run_dir, model_dir, model_id: str, subjects, commands: list[str]
     model = FastAvatarModel(decoder, encoder, card, {k: v.float() for k, v in codes.items()}, "dlib")
     model.save(model_dir)
     return model_dir
+
+
+LONDON_CITATION = ("DeBruine, L., & Jones, B. (2017). Face Research Lab London Set (Version 5). figshare. "
+                   "https://doi.org/10.6084/m9.figshare.5047666.v5 (CC BY 4.0)")
+FACES_TERMS = ("The `faces` test set of the deepface library (github.com/serengil/deepface, tests/unit/dataset, MIT "
+               "repository): photos of public figures taken by others; read in place, never redistributed.")
+
+
+def package_prior(run_dir, model_dir, model_id: str, commands: list[str], evaluations=()) -> Path:
+    """Write the many-people model bundle (:mod:`.prior`'s run) to ``model_dir``: decoder, encoder,
+    codes (float16 safetensors), ``model_card.json``, ``README.md`` (with the London Set's CC BY
+    attribution) and ``directions/*.json`` (the direction library shipped with the model)."""
+    import shutil
+
+    from .people import load_split
+
+    run_dir, model_dir = Path(run_dir), Path(model_dir)
+    decoder = _decoder_from_state(_read_safetensors(run_dir / "decoder.safetensors"), run_dir / "decoder.safetensors")
+    encoder = _encoder_from_state(_read_safetensors(run_dir / "encoder.safetensors"), run_dir / "encoder.safetensors")
+    codes = _read_safetensors(run_dir / "codes.safetensors")
+    load = lambda name: json.loads((run_dir / name).read_text()) if (run_dir / name).is_file() else None  # noqa: E731
+    people = [json.loads(p.read_text()) for p in sorted((run_dir / "people").glob("*.json"))]
+    stages = {"people": {"entries": len(people), "persons": len({p["person"] for p in people}),
+                         "time_s": round(sum(p["time_s"] for p in people), 1),
+                         "fit_model": sorted({p["model_id"] for p in people})},
+              "template": load("template.json"), "decoder": load("decoder.json"), "encoder": load("encoder.json"),
+              "directions": load("directions.json")}
+    subjects = sorted(n for n in codes if "-" not in n)  # people entries are named london-NNN-..., faces-NN
+    total = sum((stages[k] or {}).get("time_s", 0) or 0 for k in ("people", "decoder", "encoder"))
+    card = {
+        "model_id": model_id,
+        "architecture": "FastAvatar (Liang et al., TMLR 2026, arXiv 2508.18389): template of K Gaussians bound to the "
+                        "ICT-FaceKit head model + conditioning MLP decoder (official layout) + projector encoder on a "
+                        "dlib 128-D identity backbone; the head shape is a separate input (the fitted identity "
+                        "coefficients deform the template), w carries appearance and what the head model cannot",
+        "embedder": "dlib",
+        "frame": "FLAME head frame: y up, metres, face towards +z",
+        "data": {"multi_view_subjects": subjects, "nersemble_terms": DATA_TERMS,
+                 "london": LONDON_CITATION, "faces": FACES_TERMS,
+                 "entries": [p["entry"] for p in people],
+                 "held_out": load_split()["held_out"],
+                 "held_out_rule": "the held-out people (fastavatar_engine/train/split_v2.json) enter no stage; camera 8 "
+                                  "of every NeRSemble subject is excluded too"},
+        "commands": list(commands),
+        "stages": stages,
+        "evaluation": [json.loads(Path(p).read_text()) for p in evaluations],
+        "code_revision": _git_revision(Path(__file__).resolve().parents[2]),
+        "device": f"CPU: {_cpu_name()} ({platform.machine()}), torch threads 2",
+        "training_time_s": round(total, 1),
+        "created": _dt.date.today().isoformat(),
+        "storage": "float16 safetensors (loaded as float32)",
+        "limitations": "Each single-photo person is seen from the front only: the sides and back of every target come "
+                       "from the prior of the model that fitted it (leave-369-out v1, two NeRSemble heads), so the "
+                       "latent space varies most at the face and least behind the ears. The decoder learns the "
+                       "likeness fits in parameter space (no rendering loss of its own).",
+    }
+    model = FastAvatarModel(decoder, encoder, card, {k: v.float() for k, v in codes.items()}, "dlib")
+    model.save(model_dir)
+    if (model_dir / "directions").is_dir():
+        shutil.rmtree(model_dir / "directions")
+    if (run_dir / "directions").is_dir():
+        shutil.copytree(run_dir / "directions", model_dir / "directions")
+    (model_dir / "README.md").write_text(
+        f"# {model_id}\n\nFastAvatar default model v2: a latent space of {stages['people']['persons']} people from "
+        f"single photos plus {len(subjects)} multi-view NeRSemble subjects. The full card is `model_card.json`; "
+        "the directions shipped with it are in `directions/`.\n\n## Data and attribution\n\n"
+        f"- Face Research Lab London Set: {LONDON_CITATION}. The photos are not included; these weights were "
+        "trained on likeness fits of them.\n"
+        f"- {FACES_TERMS}\n- {DATA_TERMS}\n")
+    return model_dir
