@@ -1,6 +1,20 @@
 #!/usr/bin/env bash
-# The exact commands that produced fastavatar_engine/weights/default_v2 and runs/loo_369_v2/model
-# (2-core CPU, no GPU), after runs/default_v2/people.sh (stage a': the training people's likeness
+# The commands of default v2's training (2-core CPU, no GPU), after runs/default_v2/people.sh
+#
+# STATUS (2026-12-06): v2 is NOT shipped; v1 stays the default. What ran, in order:
+#  1. this script with free auto-decoder codes + the MLP encoder (4000 decoder steps): the leave-369-out
+#     run's evaluation is runs/default_v2/free_codes/ (feed-forward 14.00 dB strict, fit-40 14.33 dB).
+#  2. this script with PCA codes (unwhitened) + the MLP encoder, 3000 steps: runs/loo_369_v2/eval_369.json
+#     (13.87 / 14.21 dB); the default run's held-out benchmark is runs/default_v2/latent_v2.json.
+#  3. default run only, whitened 64-component PCA codes + ridge encoder, then + dc_weight 4 (today's code):
+#       fastavatar train prior ... --prior-stages decoder encoder directions  (logs retrain_*.log)
+#     held-out benchmark runs/default_v2/latent_v2_candidate.json: rank-1 8%, renders of different people
+#     0.946 similar vs 0.875 to their own photo (collapse), smile +0.0% mouth width.
+# Outputs in runs/ are the last run's; the fits of stage a' (runs/default_v2/people, not committed) are
+# rebuilt by people.sh.
+#
+# Original header: the exact commands for fastavatar_engine/weights/default_v2 and runs/loo_369_v2/model,
+# after runs/default_v2/people.sh (stage a': the training people's likeness
 # fits, made by the leave-369-out v1 model). Run from the repository root with the engine installed
 # and ../shared/data beside it. The decoder stage resumes from its checkpoint.
 set -euo pipefail
