@@ -30,8 +30,7 @@ NAMED_VIEWS = {
 }
 
 
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 2."""
+from .cli_errors import CliError  # noqa: E402 (re-exported: tests and callers import it from here)
 
 
 # --------------------------------------------------------------------------- render

@@ -15,7 +15,7 @@ import sys
 
 
 def cmd_edit(args) -> int:
-    from .cli import CliError
+    from .cli_errors import CliError
     from .directions import DirectionError
     from .edit import EditError, edit_avatar, library, read_coded_avatar, write_edited
     from .model.io import FastAvatarModel

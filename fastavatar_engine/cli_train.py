@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def _cli_error(msg: str):
-    from .cli import CliError
+    from .cli_errors import CliError
 
     return CliError(msg)
 
