@@ -163,3 +163,19 @@ def test_pca_codes_keep_the_targets_distances():
     assert codes[:, 0].std() == pytest.approx(1.0, rel=1e-4)
     white, info = pca_codes(t, targets, components=3)
     assert info["components"] == 3 and np.allclose(white[:, :3].std(0), 1.0, rtol=1e-4) and not white[:, 3:].any()
+
+
+def test_latent_decoder_resumes_from_its_checkpoint(tmp_path):
+    t = random_template(24)
+    targets = [Target(f"t{i}", f"p{i}", perturbed(t, i), None, None) for i in range(3)]
+    cfg = LatentDecoderConfig(steps=40, batch=1, gaussians_per_step=24, checkpoint_every=20)
+    # a run killed after its checkpoint at step 20: rebuild that state and resume from it
+    from fastavatar_engine.train.autodecoder import save_checkpoint
+
+    dec, codes, _ = train_decoder_targets(tmp_path, t, targets, LatentDecoderConfig(steps=20, batch=1,
+                                          gaussians_per_step=24), resume=False, progress=lambda m: None)
+    opt = torch.optim.Adam([{"params": dec.conditioning_mlp.parameters()}, {"params": dec.gaussian_embeddings.parameters()}])
+    save_checkpoint(tmp_path / "decoder.ckpt.pt", dec, codes, opt, 20, 1.0)
+    said = []
+    train_decoder_targets(tmp_path, t, targets, cfg, resume=True, progress=said.append)
+    assert any("resuming at step 20" in m for m in said) and not (tmp_path / "decoder.ckpt.pt").exists()

@@ -74,6 +74,27 @@ def distill_loss(pred: GaussianTensors, target: GaussianTensors) -> torch.Tensor
     )
 
 
+def save_checkpoint(path: Path, decoder, codes: torch.Tensor, opt, step: int, elapsed_s: float) -> None:
+    """Write the auto-decoder's resumable state (decoder, codes [T,512], optimiser, step, seconds)
+    to ``path`` atomically (a temporary file, then rename). Only tensors and Python numbers, so
+    :func:`load_checkpoint` reads it with ``weights_only=True``."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"decoder": decoder.state_dict(), "codes": codes.detach(), "optimizer": opt.state_dict(),
+                "step": int(step), "elapsed_s": float(elapsed_s)}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, decoder, codes: torch.Tensor, opt, device="cpu") -> tuple[int, float]:
+    """Restore :func:`save_checkpoint`'s state into ``decoder``, ``codes`` and ``opt``; returns
+    ``(step, elapsed seconds)``."""
+    state = torch.load(path, weights_only=True, map_location=device)
+    decoder.load_state_dict(state["decoder"])
+    with torch.no_grad():
+        codes.copy_(state["codes"])
+    opt.load_state_dict(state["optimizer"])
+    return int(state["step"]), float(state["elapsed_s"])
+
+
 def train_decoder(data_dir, run_dir, subjects, cfg: DecoderTrainConfig | None = None, resume: bool = True,
                   progress=_log) -> dict:
     """Train the decoder and the per-subject codes; returns the metrics dict."""
@@ -97,12 +118,7 @@ def train_decoder(data_dir, run_dir, subjects, cfg: DecoderTrainConfig | None = 
     ckpt = run_dir / "decoder.ckpt.pt"
     start, elapsed = 0, 0.0
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True, map_location=cfg.device)
-        decoder.load_state_dict(state["decoder"])
-        with torch.no_grad():
-            codes.copy_(state["codes"])
-        opt.load_state_dict(state["optimizer"])
-        start, elapsed = int(state["step"]), float(state["elapsed_s"])
+        start, elapsed = load_checkpoint(ckpt, decoder, codes, opt, cfg.device)
         rng = np.random.default_rng(cfg.seed + start)
         progress(f"[decoder] resuming at step {start}")
     bg = torch.ones(3, device=cfg.device)
@@ -132,10 +148,7 @@ def train_decoder(data_dir, run_dir, subjects, cfg: DecoderTrainConfig | None = 
             progress(f"[decoder] step {done}/{cfg.steps} subject {subjects[i]} {shown}  {rate:.2f} s/step  "
                      f"eta {rate * (cfg.steps - done) / 60:.1f} min")
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"decoder": decoder.state_dict(), "codes": codes.detach(), "optimizer": opt.state_dict(),
-                        "step": done, "elapsed_s": elapsed + time.perf_counter() - t0}, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, decoder, codes, opt, done, elapsed + time.perf_counter() - t0)
     elapsed += time.perf_counter() - t0
 
     metrics = {"subjects": list(subjects), "steps": cfg.steps, "time_s": round(elapsed, 1), "device": cfg.device,

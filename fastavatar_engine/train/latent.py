@@ -49,7 +49,7 @@ import torch
 from ..gaussians import GaussianSet
 from ..model.decoder import CODE_DIM, FastAvatarDecoder
 from ..render.types import GaussianTensors
-from .autodecoder import distill_loss
+from .autodecoder import distill_loss, load_checkpoint, save_checkpoint
 
 
 def _log(msg: str) -> None:
@@ -197,12 +197,7 @@ def train_decoder_targets(run_dir, template: GaussianSet, targets, cfg: LatentDe
     ckpt = run_dir / "decoder.ckpt.pt"
     start, elapsed = 0, 0.0
     if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        decoder.load_state_dict(state["decoder"])
-        with torch.no_grad():
-            codes.copy_(state["codes"])
-        opt.load_state_dict(state["optimizer"])
-        start, elapsed = int(state["step"]), float(state["elapsed_s"])
+        start, elapsed = load_checkpoint(ckpt, decoder, codes, opt)
         progress(f"[latent decoder] resuming at step {start}")
     gen = torch.Generator().manual_seed(cfg.seed + start)
     k = decoder.num_gaussians
@@ -233,10 +228,7 @@ def train_decoder_targets(run_dir, template: GaussianSet, targets, cfg: LatentDe
             progress(f"[latent decoder] step {done}/{cfg.steps} loss {loss.item():.4f} |w| "
                      f"{codes.detach().norm(dim=1).mean():.3f}  {rate:.2f} s/step eta {rate * (cfg.steps - done) / 60:.1f} min")
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"decoder": decoder.state_dict(), "codes": codes.detach(), "optimizer": opt.state_dict(),
-                        "step": done, "elapsed_s": elapsed + time.perf_counter() - t0}, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, decoder, codes, opt, done, elapsed + time.perf_counter() - t0)
     elapsed += time.perf_counter() - t0
     with torch.no_grad():
         per = []
