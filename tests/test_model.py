@@ -245,3 +245,45 @@ def test_linear_projector_is_the_linear_map_in_the_official_layout(tmp_path):
         {k: v.shape for k, v in FastAvatarEncoder(128, 512).state_dict().items()}
     with pytest.raises(ValueError):
         linear_projector(torch.zeros(512, 300), torch.zeros(512))
+
+
+def test_linear_basis_adds_mean_plus_codes_times_basis_and_round_trips(tmp_path):
+    from fastavatar_engine.model.decoder import MEANS_SCALE
+
+    t = random_template()
+    k = t.count
+    dec = randomise(FastAvatarDecoder(t))
+    gen = torch.Generator().manual_seed(3)
+    mean, basis = 0.01 * torch.randn(k, 10, generator=gen), 0.01 * torch.randn(6, k, 10, generator=gen)
+    w = torch.randn(512, generator=gen)
+    with torch.no_grad():
+        r0 = dec.residuals(w)
+        dec.set_linear_basis(mean, basis)
+        g = dec(w)
+    assert dec.basis_components == 6
+    # independent: the paper's equations (numpy) with the basis's columns added to the MLP's residuals
+    lin = mean.numpy() + np.einsum("n,nkf->kf", w[:6].numpy(), basis.numpy())
+    np.testing.assert_allclose(g.means.numpy(), t.means + r0["d_means"].numpy() + lin[:, :3], atol=1e-5)
+    np.testing.assert_allclose(g.log_scales.numpy(), t.log_scales + r0["d_log_scales"].numpy() + lin[:, 3:6], atol=1e-5)
+    np.testing.assert_allclose(g.opacity_logits.numpy(), t.opacity_logits + r0["d_opacity"].numpy() + lin[:, 6], atol=1e-5)
+    np.testing.assert_allclose(g.sh[:, 0].numpy(), t.sh[:, 0] + r0["d_sh"][:, 0].numpy() + lin[:, 7:], atol=1e-5)
+    np.testing.assert_allclose(g.sh[:, 1:].numpy(), t.sh[:, 1:] + r0["d_sh"][:, 1:].numpy(), atol=1e-5)
+    assert float(r0["d_means"].abs().max()) <= MEANS_SCALE
+    idx = torch.tensor([4, 0, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(dec(w, idx).sh, g.sh[idx], atol=1e-5, rtol=1e-5)
+    # a bundle keeps the basis (float16); v1-style bundles without one still load
+    model = FastAvatarModel(dec, randomise(FastAvatarEncoder(in_dim=128), seed=4).eval(), {"model_id": "lin"})
+    back = FastAvatarModel.load(model.save(tmp_path / "m"))
+    assert back.decoder.basis_components == 6
+    with torch.no_grad():
+        torch.testing.assert_close(back.decode(w).sh, g.sh, atol=3e-3, rtol=3e-3)
+    with pytest.raises(ValueError, match="linear basis"):
+        dec.set_linear_basis(mean, torch.zeros(6, k + 1, 10))
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tmp_path / "m" / "decoder.safetensors"))
+    sd["linear_basis"] = sd["linear_basis"][:, :-1].contiguous()
+    save_file(sd, str(tmp_path / "m" / "decoder.safetensors"))
+    with pytest.raises(ModelLoadError, match="linear basis"):
+        FastAvatarModel.load(tmp_path / "m")

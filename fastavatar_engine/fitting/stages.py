@@ -74,7 +74,7 @@ class DecoderStage:
                 r = d.residuals(self.code, index)
             return d.apply_residuals({k: v.float() for k, v in r.items()}, index)
         raw = dict(self.fixed) | {name: self.lasts[name](self.feats[name]) for name in APPEARANCE_HEADS}
-        g = d.apply_residuals(d.residuals_from_raw(raw))
+        g = d.apply_residuals(d.with_linear(d.residuals_from_raw(raw), self.w0))
         return g if index is None else select(g, index)
 
 

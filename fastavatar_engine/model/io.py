@@ -2,7 +2,8 @@
 
 **Our bundle** (a folder; the default model ships inside the package, nothing is downloaded)::
 
-    decoder.safetensors   every FastAvatarDecoder tensor (official names + base_means)
+    decoder.safetensors   every FastAvatarDecoder tensor (official names + base_means, and
+                          linear_mean / linear_basis for a decoder with a linear basis)
     encoder.safetensors   the projector and temperature
     codes.safetensors     the training subjects' codes w_i (for tests and editing)
     model_card.json       data, terms, commands, hyper-parameters, metrics, revision, device
@@ -25,11 +26,11 @@ import numpy as np
 import torch
 
 from ..render.types import GaussianTensors
-from .decoder import FastAvatarDecoder
+from .decoder import BASIS_FIELDS, FastAvatarDecoder
 from .encoder import FastAvatarEncoder
 
 #: Where the default model lives inside the package.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "default_v1"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "default_v2"
 
 
 class ModelLoadError(ValueError):
@@ -274,7 +275,16 @@ def _decoder_from_state(sd: dict, path: Path) -> FastAvatarDecoder:
             raise ModelLoadError(f"{path}: {name} has shape {list(sd[name].shape)}, expected {list(shape)}")
     template = GaussianTensors(sd["base_means"].float(), sd["base_scales"].float(), sd["base_rotations"].float(),
                                sd["base_opacity"].float(), torch.cat([sd["base_sh0"], sd["base_shN"]], 1).float())
-    decoder = FastAvatarDecoder(template, code_dim=code_dim, embed_dim=embed_dim)
+    n_basis = 0
+    if "linear_basis" in sd or "linear_mean" in sd:  # default v2's linear basis (decoder module doc)
+        lb, lm = sd.get("linear_basis"), sd.get("linear_mean")
+        if lb is None or lm is None or lb.ndim != 3 or tuple(lb.shape[1:]) != (k, BASIS_FIELDS) \
+                or tuple(lm.shape) != (k, BASIS_FIELDS) or not 0 < lb.shape[0] <= code_dim:
+            raise ModelLoadError(f"{path}: linear basis of shapes {None if lb is None else list(lb.shape)} / "
+                                 f"{None if lm is None else list(lm.shape)}, expected [N<={code_dim},{k},{BASIS_FIELDS}]"
+                                 f" / [{k},{BASIS_FIELDS}]")
+        n_basis = int(lb.shape[0])
+    decoder = FastAvatarDecoder(template, code_dim=code_dim, embed_dim=embed_dim, basis_components=n_basis)
     _check_state(decoder, sd, path)
     decoder.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     return decoder.eval()
