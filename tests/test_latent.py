@@ -179,3 +179,74 @@ def test_latent_decoder_resumes_from_its_checkpoint(tmp_path):
     said = []
     train_decoder_targets(tmp_path, t, targets, cfg, resume=True, progress=said.append)
     assert any("resuming at step 20" in m for m in said) and not (tmp_path / "decoder.ckpt.pt").exists()
+
+
+def test_pca_basis_decodes_each_targets_pca_reconstruction(tmp_path):
+    from fastavatar_engine.train.latent import pca_basis
+
+    t = random_template(30)
+    targets = [Target(f"t{i}", f"p{i}", perturbed(t, i), None, np.zeros((1, 4), np.float32)) for i in range(5)]
+    codes, mean, basis, info = pca_basis(t, targets)
+    assert basis.shape == (4, 30, 10) and mean.shape == (30, 10) and info["components"] == 4
+    # 4 components of 5 targets keep everything: mean + code @ basis is each target's own residual
+    for i, g in enumerate(targets):
+        rec = mean + np.einsum("n,nkf->kf", codes[i, :4], basis)
+        np.testing.assert_allclose(rec[:, :3], g.gaussians.means - t.means, atol=1e-4)
+        np.testing.assert_allclose(rec[:, 3:6], g.gaussians.log_scales - t.log_scales, atol=1e-4)
+        np.testing.assert_allclose(rec[:, 6], g.gaussians.opacity_logits - t.opacity_logits, atol=1e-4)
+        np.testing.assert_allclose(rec[:, 7:], g.gaussians.sh[:, 0] - t.sh[:, 0], atol=1e-4)
+    # the decoder trained with the basis and no MLP steps decodes each target's code to it
+    dec, got, _ = train_decoder_targets(tmp_path, t, targets, LatentDecoderConfig(steps=0), resume=False,
+                                        progress=lambda m: None)
+    assert dec.basis_components == 4
+    with torch.no_grad():
+        g = dec(got[2])
+    np.testing.assert_allclose(g.means.numpy(), targets[2].gaussians.means, atol=1e-4)
+    np.testing.assert_allclose(g.sh[:, 0].numpy(), targets[2].gaussians.sh[:, 0], atol=1e-4)
+
+
+def test_with_expressions_adds_the_expression_displacement_on_the_targets_head():
+    from fastavatar_engine.model.io import FastAvatarModel
+    from fastavatar_engine.train.prior import decoder_template
+    from fastavatar_engine.train.targets import with_expressions
+
+    model = FastAvatarModel.load()
+    bound = model.head_template
+    if bound is None:
+        pytest.skip("head model data not installed")
+    t = decoder_template(model.decoder)
+    rng = np.random.default_rng(0)
+    head = rng.normal(0, 0.5, 100).astype(np.float32)
+    expr = np.zeros(53, np.float32)
+    expr[rng.choice(53, 4, replace=False)] = 0.8
+    smiling = Target("s", "p", t, head, np.zeros((1, 4), np.float32), {}, expr)
+    plain = Target("n", "p", t, head, np.zeros((1, 4), np.float32), {}, None)
+    still = Target("z", "p", t, head, np.zeros((1, 4), np.float32), {}, np.asarray(bound.rest_expression, np.float32))
+    out = with_expressions([smiling, plain, still], bound)
+    mu0, ls0, _ = (x.double().numpy() for x in bound.deform(identity=head))
+    mu1, ls1, _ = (x.double().numpy() for x in bound.deform(identity=head, expression=expr))
+    np.testing.assert_allclose(out[0].gaussians.means, t.means + (mu1 - mu0), atol=1e-5)
+    np.testing.assert_allclose(out[0].gaussians.log_scales, t.log_scales + (ls1 - ls0), atol=1e-5)
+    assert np.abs(mu1 - mu0).max() > 1e-3  # the expression does move the face
+    np.testing.assert_array_equal(out[0].gaussians.sh, t.sh)
+    assert out[1] is plain  # no expression: unchanged
+    np.testing.assert_allclose(out[2].gaussians.means, t.means, atol=1e-6)  # the template's own (rest) expression moves nothing
+    np.testing.assert_array_equal(t.means, decoder_template(model.decoder).means)  # the input is not modified
+
+
+def test_one_head_per_person_puts_every_entry_on_the_neutral_head():
+    from fastavatar_engine.train.targets import one_head_per_person
+
+    t = random_template(8)
+    h_neutral, h_smile, h_other = (np.full(100, v, np.float32) for v in (0.1, 0.2, 0.3))
+    emb = np.zeros((1, 4), np.float32)
+    targets = [Target("a-smiling", "a", t, h_smile, emb, {"smiling": 1}),
+               Target("a-neutral", "a", t, h_neutral, emb, {"smiling": 0}),
+               Target("b", "b", t, h_other, emb, {}),  # no neutral entry: unchanged
+               Target("128", "nersemble-128", t, None, emb, {})]
+    out = one_head_per_person(targets)
+    assert [o.name for o in out] == [t_.name for t_ in targets]
+    np.testing.assert_array_equal(out[0].head, h_neutral)
+    assert out[0].gaussians is t and out[0].attributes == {"smiling": 1}  # the Gaussians stay as fitted
+    assert out[1] is targets[1] and out[2] is targets[2] and out[3] is targets[3]
+    np.testing.assert_array_equal(targets[0].head, h_smile)  # the input is not modified

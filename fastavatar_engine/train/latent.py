@@ -117,29 +117,49 @@ def _residual_features(template: GaussianSet, targets, bound) -> np.ndarray:
     return np.stack(rows)
 
 
-def pca_codes(template: GaussianSet, targets, bound=None, dim: int = CODE_DIM, components: int | None = 64,
-              whiten: bool = True) -> tuple[np.ndarray, dict]:
-    """(codes [T, dim] float32, info): the targets' coordinates on their first ``components``
-    principal components (see the module doc), zero-padded to ``dim``. ``whiten``: every
-    component scaled to unit variance (else all by the first one's standard deviation). Unwhitened
-    codes of ~170 targets were too alike for the decoder to tell apart (it decoded every code as
-    the mean face after 3,000 steps); whitened, a code's norm is ~sqrt(components). ``info``:
-    explained variance ratios and the scale."""
+def pca_basis(template: GaussianSet, targets, bound=None, dim: int = CODE_DIM, components: int | None = 64,
+              whiten: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(codes [T, dim] float32, mean [K,10] float32, basis [N,K,10] float32, info): the PCA of the
+    targets' residuals (:func:`_residual_features`). ``codes``: each target's coordinates on the
+    first N = min(``components``, T-1) principal components, zero-padded to ``dim``; ``whiten``:
+    every component scaled to unit variance (else all by the first one's standard deviation).
+    ``mean`` + ``codes[:, :N] @ basis`` is each target's PCA reconstruction in the decoder's
+    linear-basis columns (d_means in metres, d_log_scales, d_opacity, SH DC;
+    :class:`~fastavatar_engine.model.decoder.FastAvatarDecoder`). Unwhitened codes of ~170
+    targets were too alike for an MLP decoder to tell apart. ``info``: explained variance
+    ratios and the mean scale. Raises ``ValueError`` for fewer than 2 targets."""
     from sklearn.decomposition import PCA
 
     x = _residual_features(template, targets, bound)
+    k = template.count
     n = min(len(targets) - 1, dim, x.shape[1], components or dim)
     if n < 1:
         raise ValueError("pca_codes: need at least 2 targets")
     pca = PCA(n_components=n, svd_solver="full").fit(x)
     z = pca.transform(x)
-    scale = z.std(0).clip(1e-12) if whiten else float(z[:, 0].std()) or 1.0
+    scale = z.std(0).clip(1e-12) if whiten else np.full(n, float(z[:, 0].std()) or 1.0)
     codes = np.zeros((len(targets), dim), np.float32)
     codes[:, :n] = z / scale
-    scale = float(np.mean(scale))
+
+    def columns(f: np.ndarray) -> np.ndarray:  # feature rows [..., 10K] -> [..., K, 10] decoder columns
+        lead = f.shape[:-1]
+        parts = [f[..., :3 * k].reshape(*lead, k, 3) / 100.0, f[..., 3 * k:6 * k].reshape(*lead, k, 3),
+                 2.0 * f[..., 6 * k:7 * k].reshape(*lead, k, 1), f[..., 7 * k:].reshape(*lead, k, 3)]
+        return np.concatenate(parts, -1).astype(np.float32)
+
+    mean = columns(pca.mean_)
+    basis = columns(pca.components_ * scale[:, None])
     ratio = pca.explained_variance_ratio_
-    info = {"components": n, "scale": round(scale, 4), "explained_variance_first10": [round(float(r), 4) for r in ratio[:10]],
+    info = {"components": n, "scale": round(float(np.mean(scale)), 4),
+            "explained_variance_first10": [round(float(r), 4) for r in ratio[:10]],
             "explained_variance_kept": round(float(ratio.sum()), 4), "whiten": whiten}
+    return codes, mean, basis, info
+
+
+def pca_codes(template: GaussianSet, targets, bound=None, dim: int = CODE_DIM, components: int | None = 64,
+              whiten: bool = True) -> tuple[np.ndarray, dict]:
+    """(codes [T, dim] float32, info) of :func:`pca_basis`."""
+    codes, _, _, info = pca_basis(template, targets, bound, dim, components, whiten)
     return codes, info
 
 
@@ -160,6 +180,8 @@ class LatentDecoderConfig:
     checkpoint_every: int = 250
     dc_weight: float = 4.0  # extra L1 weight on the SH DC colour (distill_loss averages it with 15 other bands)
     fixed_codes: bool = True  # codes stay at their PCA coordinates (pca_codes); False: free auto-decoder codes
+    components: int = 64  # principal components of the PCA codes (and of the linear basis)
+    linear_basis: bool = True  # with fixed codes: the decoder carries the PCA basis, the MLP learns the rest
     seed: int = 0
 
 
@@ -183,8 +205,10 @@ def train_decoder_targets(run_dir, template: GaussianSet, targets, cfg: LatentDe
     fits = _targets_as_tensors(targets)
     extra = {}
     if cfg.fixed_codes:
-        init, extra["pca"] = pca_codes(template, targets, bound)
+        init, mean, basis, extra["pca"] = pca_basis(template, targets, bound, components=cfg.components)
         codes = torch.nn.Parameter(torch.as_tensor(init), requires_grad=False)
+        if cfg.linear_basis:
+            decoder.set_linear_basis(torch.as_tensor(mean), torch.as_tensor(basis))
         progress(f"[latent decoder] PCA codes: {extra['pca']}")
     else:
         codes = torch.nn.Parameter(cfg.code_init_std * torch.randn(len(targets), CODE_DIM))

@@ -109,7 +109,11 @@ def package_prior(run_dir, model_dir, model_id: str, commands: list[str], evalua
         "architecture": "FastAvatar (Liang et al., TMLR 2026, arXiv 2508.18389): template of K Gaussians bound to the "
                         "ICT-FaceKit head model + conditioning MLP decoder (official layout) + projector encoder on a "
                         "dlib 128-D identity backbone; the head shape is a separate input (the fitted identity "
-                        "coefficients deform the template), w carries appearance and what the head model cannot",
+                        "coefficients deform the template), w carries appearance and what the head model cannot"
+                        + (f"; the decoder carries a linear basis of {decoder.basis_components} principal components "
+                           "of the people's fitted avatars (means, log-scales, opacity, SH DC), w[:N] are their "
+                           "whitened coordinates and the MLP adds the rest (zero where it was not trained)"
+                           if decoder.basis_components else ""),
         "embedder": "dlib",
         "frame": "FLAME head frame: y up, metres, face towards +z",
         "data": {"multi_view_subjects": subjects, "nersemble_terms": DATA_TERMS,
@@ -129,7 +133,11 @@ def package_prior(run_dir, model_dir, model_id: str, commands: list[str], evalua
         "limitations": "Each single-photo person is seen from the front only: the sides and back of every target come "
                        "from the prior of the model that fitted it (leave-369-out v1, two NeRSemble heads), so the "
                        "latent space varies most at the face and least behind the ears. The decoder learns the "
-                       "likeness fits in parameter space (no rendering loss of its own).",
+                       "likeness fits in parameter space (no rendering loss of its own). The targets are 40-step "
+                       "likeness fits without growth: hair that leaves the template (long or piled-up hair) is "
+                       "missing from them and so from every decode. The encoder is a ridge map from a dlib "
+                       "embedding, which shrinks new people's codes towards the mean: renders of different "
+                       "people stay alike (see the evaluation).",
     }
     model = FastAvatarModel(decoder, encoder, card, {k: v.float() for k, v in codes.items()}, "dlib")
     model.save(model_dir)

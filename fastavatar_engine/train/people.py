@@ -18,7 +18,8 @@ template-ordered Gaussians the template average and the decoder need.
 
 The held-out people (:data:`SPLIT_FILE`, committed) never enter any stage. Outputs in
 ``RUN/people/``: ``{entry}.ply`` (the fitted K Gaussians, head frame), ``{entry}.json`` (person,
-photos, attributes, head identity [100], cameras, timings) and ``{entry}.npz`` (``embeddings``
+photos, attributes, head identity [100], per photo the head fit's 53 expression coefficients,
+cameras, timings) and ``{entry}.npz`` (``embeddings``
 [P,128] float32: the dlib identity embedding of every photo and of its mirror image). Finished
 entries are skipped, so the stage resumes after an interruption.
 """
@@ -160,12 +161,45 @@ def fit_entry(gen, entry: PeopleEntry, out_dir) -> dict:
         "entry": entry.name, "person": entry.person, "photos": [str(p) for p in photos], "skipped": skipped,
         "attributes": entry.attributes, "smile_measure": smiles, "steps": entry.steps,
         "head_identity": None if avatar.head is None else [float(v) for v in avatar.head],
+        "head_expressions": None if avatar.head_expressions is None
+        else [[round(float(v), 5) for v in e] for e in avatar.head_expressions],
         "cameras": [v.camera.to_json() for v in avatar.views] if avatar.views else [avatar.camera.to_json()],
         "model_id": gen.model.model_id, "loss_first_last": [losses[0], losses[-1]] if losses else None,
         "time_s": round(time.perf_counter() - t0, 2),
     }
     (out_dir / f"{entry.name}.json").write_text(json.dumps(record, indent=1))
     return record
+
+
+def backfill_expressions(gen, run_dir, progress=None) -> int:
+    """Add ``head_expressions`` (per photo the 53 fitted expression coefficients in [0,1]) to
+    finished entries written before the records carried them: the head fit of the product path
+    (:func:`fastavatar_engine.generate.photo_head` on the photos' faces and person masks) is run
+    again on the entry's photos, ~1 s per entry. The refit identity must match the recorded one
+    (max |difference| < 0.05), else ``RuntimeError`` (the fit is deterministic, so a mismatch
+    means the head model or the photos changed). Returns how many records were updated."""
+    from ..generate import photo_head
+
+    log = progress or (lambda m: print(m, file=sys.stderr, flush=True))
+    n = 0
+    for js in sorted((Path(run_dir) / "people").glob("*.json")):
+        rec = json.loads(js.read_text())
+        if "head_expressions" in rec or rec.get("head_identity") is None:
+            continue
+        found = [gen._detect(p, None) for p in rec["photos"]]
+        masks = [gen.segmenter.segment(image, face) for image, _, face, _ in found]
+        _, fit = photo_head([f for _, _, f, _ in found], rec["photos"], masks=masks)
+        if fit is None:
+            raise RuntimeError(f"{rec['entry']}: the head fit no longer converges")
+        diff = float(np.abs(fit.identity - np.asarray(rec["head_identity"])).max())
+        if diff > 0.05:
+            raise RuntimeError(f"{rec['entry']}: refit identity differs from the recorded one by {diff:.3f}")
+        rec["head_expressions"] = [[round(float(v), 5) for v in e] for e in fit.expressions]
+        js.write_text(json.dumps(rec, indent=1))
+        n += 1
+        if n % 20 == 0:
+            log(f"[people] expressions added to {n} records")
+    return n
 
 
 def fit_people(data_root, run_dir, model=None, limit: int | None = None, only=None, progress=None) -> list[dict]:
@@ -184,6 +218,9 @@ def fit_people(data_root, run_dir, model=None, limit: int | None = None, only=No
     done = []
     t0 = time.perf_counter()
     with AvatarGenerator(model) as gen:
+        added = backfill_expressions(gen, run_dir, log)
+        if added:
+            log(f"[people] head expressions added to {added} earlier records")
         for i, e in enumerate(todo):
             try:
                 rec = fit_entry(gen, e, out)

@@ -120,16 +120,25 @@ def _with_class_amount(d: Direction, x: np.ndarray, y: np.ndarray) -> Direction:
 
 
 def run_prior(run_dir, targets, fit_model, decoder_cfg=None, encoder_cfg=None, model_id="fastavatar-custom",
-              stages=("template", "decoder", "encoder", "directions"), progress=_log) -> dict:
-    """Run the stages over ``targets``; returns the metrics of each stage (also in ``RUN/*.json``)."""
+              stages=("template", "decoder", "encoder", "directions"), expressions: bool = True,
+              progress=_log) -> dict:
+    """Run the stages over ``targets``; returns the metrics of each stage (also in ``RUN/*.json``).
+    ``expressions``: put every entry of a person on their neutral head
+    (:func:`.targets.one_head_per_person`) and carry each single-photo target's fitted expression
+    into its Gaussians (:func:`.targets.with_expressions`) first."""
     from safetensors.torch import load_file
 
     from ..ply import read_ply, write_ply
     from .encoder_train import train_encoder_targets
     from .latent import _bound, canonical_template, train_decoder_targets
+    from .targets import one_head_per_person, with_expressions
 
     run_dir = Path(run_dir)
     metrics = {}
+    if expressions:
+        targets = with_expressions(one_head_per_person(targets), _bound(fit_model.decoder))
+        n = sum(t.expression is not None and t.head is not None for t in targets)
+        progress(f"[prior] the fitted expression carried into {n} targets")
     if "template" in stages:
         template, stats = canonical_template(decoder_template(fit_model.decoder), targets, _bound(fit_model.decoder))
         write_ply(run_dir / "template.ply", template)
