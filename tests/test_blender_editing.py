@@ -197,5 +197,6 @@ def test_export_operator_writes_the_avatar_as_shown_or_without_sliders(edited, m
 
 def test_add_all_directions_takes_every_direction_of_the_model_only(edited):
     _, info, _ = edited
-    assert info["all_directions"] == ["planted", "smile_test", "trained"]  # not the foreign model's
+    # the folder's directions and the default model's shipped ones (age, gender, smile), not the foreign model's
+    assert info["all_directions"] == ["age", "gender", "planted", "smile", "smile_test", "trained"]
     assert info["after_remove"] == ["planted"]

@@ -193,7 +193,7 @@ def test_official_loader_refuses_foreign_pickles_and_layouts(corpus, name):
 def test_hostile_direction_files_are_refused(corpus, name):
     out, cases = corpus
     with pytest.raises(DirectionError) as info:
-        load_direction(out / cases[name]["file"]).check_model("fastavatar-default-v1", 512)
+        load_direction(out / cases[name]["file"]).check_model("fastavatar-default-v2", 512)
     assert cases[name]["expect"] in str(info.value)
 
 

@@ -229,10 +229,10 @@ def make(out: Path) -> list[dict]:
     case("direction_other_model", "direction",
          lambda p: save_direction(Direction("other", "another-model", np.ones(512)), p), "belongs to model", ".json")
     case("direction_wrong_dimension", "direction",
-         lambda p: save_direction(Direction("short", "fastavatar-default-v1", np.ones(10)), p), "10 values", ".json")
+         lambda p: save_direction(Direction("short", "fastavatar-default-v2", np.ones(10)), p), "10 values", ".json")
     case("direction_corrupt", "direction", b'{"format": "fastavatar-direction", "vector": [1, 2', "cannot read", ".json")
     case("direction_nan", "direction", json.dumps({
-        "format": "fastavatar-direction", "version": 1, "name": "nan", "model_id": "fastavatar-default-v1",
+        "format": "fastavatar-direction", "version": 1, "name": "nan", "model_id": "fastavatar-default-v2",
         "code_dim": 3, "vector": [1.0, float("nan"), 0.0]}).encode(), "non-finite", ".json")
     (out / "manifest.json").write_text(json.dumps(cases, indent=1))
     return cases
