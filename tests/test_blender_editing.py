@@ -33,7 +33,10 @@ def model():
 def edited(blender_python, model, astronaut_png, tmp_path_factory):
     out = tmp_path_factory.mktemp("editing")
     rng = np.random.default_rng(1)
-    save_direction(Direction("planted", model.model_id, rng.standard_normal(model.code_dim)), out / "dirs" / "planted.json")
+    planted = rng.standard_normal(model.code_dim)
+    if model.decoder.basis_components:  # default v2 decodes w[:N] through its basis; the rest only via its
+        planted[model.decoder.basis_components:] = 0  # untrained (zero-output) MLP, so a move there shows nothing
+    save_direction(Direction("planted", model.model_id, planted), out / "dirs" / "planted.json")
     save_direction(Direction("foreign", "some-other-model", rng.standard_normal(model.code_dim)),
                    out / "other" / "foreign.json")
     hopper = out / "hopper.jpg"

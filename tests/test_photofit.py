@@ -174,8 +174,9 @@ def test_landmark_loss_pulls_the_face_onto_the_photos_landmarks(fit_setup):
         gen.refine(av, image, 12, refine_size=128, landmark_weight=w, symmetry=False, camera=False,
                    prior_weight=0.0, precision="fp32")
         errs[w] = _landmark_error(corr, av)
-    # photometric refinement alone drifts the face off the landmarks; the landmark loss holds it
-    assert errs[5.0] < 0.5 * errs[0.0] and errs[5.0] < before + 1.0, (before, errs)
+    # the landmark loss pulls the face onto the photo's landmarks: closer than photometric refinement
+    # alone leaves it (with v1 that drifted off them, 2x further) and closer than the start
+    assert errs[5.0] < 0.9 * errs[0.0] and errs[5.0] < before, (before, errs)
 
 
 def test_prior_keeps_what_no_view_sees_and_symmetry_adds_the_mirrored_view(fit_setup):
