@@ -82,7 +82,7 @@ def _prior(args, data: Path, out: Path) -> int:
     fit_model = FastAvatarModel.load(args.weights)
     subject_model = FastAvatarModel.load(args.subject_weights) if args.subjects else None
     targets = collect_targets(out, args.nersemble, args.subjects, subject_model, load_split()["held_out"])
-    run_prior(out, targets, fit_model, LatentDecoderConfig(steps=args.decoder_steps),
+    run_prior(out, targets, fit_model, LatentDecoderConfig(steps=args.decoder_steps, components=args.components),
               LatentEncoderConfig(steps=args.encoder_steps), model_id=args.model_id,
               stages=args.prior_stages or ("template", "decoder", "encoder", "directions"))
     return 0
@@ -105,6 +105,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--limit", type=int, help="people: fit at most this many entries in this call")
     t.add_argument("--fit-steps", type=int, default=1000)
     t.add_argument("--decoder-steps", type=int, default=2800)
+    t.add_argument("--components", type=int, default=64,
+                   help="prior: principal components of the codes and of the decoder's linear basis")
     t.add_argument("--encoder-steps", type=int, default=2000)
     t.add_argument("--image-scale", type=float, default=0.5, help="training image scale (0.5 = 275x401)")
     t.add_argument("--decoder-distill-steps", type=int, default=2500, help="warm-start steps of the decoder stage")

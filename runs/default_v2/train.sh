@@ -41,3 +41,13 @@ mapfile -t CMDS < <(grep -E '^(fastavatar|  --)' "$0")
 fastavatar train package-prior --data $D --out $R --model-dir $M --model-id fastavatar-default-v2 \
   --eval-json $L/eval_369.json $R/latent_v2_expr.json --commands "${CMDS[@]}"
 echo "all done"
+
+# --- component study (session 2; not shipped): the same stages with 32 and 128 principal components.
+# They ran through the Python API into /tmp/c32 and /tmp/c128 (people/ linked there), before the CLI had
+# --components; the equivalent commands are
+#   mkdir -p runs/default_v2_c128 && ln -sfn ../default_v2/people runs/default_v2_c128/people
+#   fastavatar train prior --data $D --out runs/default_v2_c128 --weights runs/loo_369/model --subjects 128 306 369 \
+#     --subject-weights fastavatar_engine/weights/default_v1 --decoder-steps 0 --components 128 --model-id fastavatar-default-v2-c128
+#   fastavatar train package-prior --data $D --out runs/default_v2_c128 --model-dir runs/default_v2_c128/model --model-id fastavatar-default-v2-c128
+#   python benchmarks/bench_latent.py --weights runs/default_v2_c128/model --out runs/default_v2/latent_v2_c128.json
+# results: runs/default_v2/latent_v2_c{32,128}.json, c128_{decoder,encoder,directions}.json
