@@ -25,7 +25,7 @@ def cmd_train(args) -> int:
     if args.stage == "people":
         from .train.people import fit_people
 
-        fit_people(data, out, args.weights, limit=args.limit)
+        fit_people(data, out, args.weights, limit=args.limit, refit_expressions=args.refit_expressions)
         return 0
     if args.stage in ("prior", "package-prior"):
         return _prior(args, data, out)
@@ -103,6 +103,8 @@ def add_train_parser(sub) -> None:
     t.add_argument("--prior-stages", nargs="+", choices=["template", "decoder", "encoder", "directions"],
                    help="prior: run only these stages")
     t.add_argument("--limit", type=int, help="people: fit at most this many entries in this call")
+    t.add_argument("--refit-expressions", action="store_true",
+                   help="people: first refit each London person's neutral and smiling expressions jointly")
     t.add_argument("--fit-steps", type=int, default=1000)
     t.add_argument("--decoder-steps", type=int, default=2800)
     t.add_argument("--components", type=int, default=64,

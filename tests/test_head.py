@@ -350,3 +350,69 @@ def test_a_fit_that_fails_falls_back_to_the_pnp_camera(head_generator, astronaut
     assert a.head is None
     pnp = estimate_camera(a.face)
     assert np.allclose(a.camera.c2w, pnp.c2w)
+
+
+def test_a_smiling_photo_s_smile_goes_into_its_expression(head_generator):
+    """London person 004's neutral and smiling photos (the mouth 36% wider, MediaPipe), fitted
+    together as Generate does: the fitted head's mouth widens between them by at least half as
+    much, through mouthSmile. The first expression parametrisation (a sigmoid from logit -4) left
+    every coefficient near 0.02 on these photos and the mouth ratio unchanged (+0.1%)."""
+    from conftest import SHARED_DATA
+    from fastavatar_engine.directions import expression_measures
+    from fastavatar_engine.generate import photo_head
+    from fastavatar_engine.head.landmarks import LandmarkBinding
+
+    photos = [SHARED_DATA / "london/neutral/004_03.jpg", SHARED_DATA / "london/smiling/004_08.jpg"]
+    if not all(p.is_file() for p in photos):
+        pytest.skip("../shared/data/london not beside the repository")
+    found = [head_generator._detect(str(p), None) for p in photos]
+    masks = [head_generator.segmenter.segment(image, face) for image, _, face, _ in found]
+    _, fit = photo_head([f for _, _, f, _ in found], [str(p) for p in photos], masks=masks)
+    assert fit is not None and fit.converged
+    m = load_head_model()
+    W = LandmarkBinding.from_json(m.registration["landmarks"]).matrix(m.triangles, m.num_vertices,
+                                                                       np.array([61, 291, 33, 263]))
+
+    def mouth(e):  # mouth-corner distance over outer-eye-corner distance of the fitted head
+        p = W @ m.vertices(fit.identity, e)
+        return np.linalg.norm(p[0] - p[1]) / np.linalg.norm(p[2] - p[3])
+
+    photo = [expression_measures(f.landmarks)["smile"] for _, _, f, _ in found]
+    photo_change = photo[1] / photo[0] - 1
+    head_change = mouth(fit.expressions[1]) / mouth(fit.expressions[0]) - 1
+    assert photo_change > 0.25
+    assert head_change > 0.5 * photo_change, (head_change, photo_change)
+    smile = [m.expression_names.index(n) for n in ("mouthSmile_L", "mouthSmile_R")]
+    assert (fit.expressions[1][smile] - fit.expressions[0][smile]).min() > 0.2
+
+
+def test_refit_pair_expressions_updates_a_london_pair_once(head_generator, tmp_path):
+    """``fastavatar train people --refit-expressions``: a London person's neutral and smiling records
+    get their jointly fitted expressions (the smiling one's mouthSmile higher) and the marker; a
+    second call finds nothing to do; a person without both records is left alone."""
+    from conftest import SHARED_DATA
+    from fastavatar_engine.train.people import PAIR_EXPRESSION_FIT, refit_pair_expressions
+
+    photos = {0: SHARED_DATA / "london/neutral/004_03.jpg", 1: SHARED_DATA / "london/smiling/004_08.jpg"}
+    if not all(p.is_file() for p in photos.values()):
+        pytest.skip("../shared/data/london not beside the repository")
+    people = tmp_path / "people"
+    people.mkdir()
+    old = [[0.018] * 53]
+    for k, tag in ((0, "neutral"), (1, "smiling")):
+        rec = {"entry": f"london-004-{tag}", "person": "london-004", "photos": [str(photos[k])],
+               "attributes": {"smiling": k}, "head_identity": [0.0] * 100, "head_expressions": old}
+        (people / f"london-004-{tag}.json").write_text(json.dumps(rec))
+    lone = {"entry": "london-005-neutral", "person": "london-005", "photos": [str(photos[0])],
+            "attributes": {"smiling": 0}, "head_identity": [0.0] * 100, "head_expressions": old}
+    (people / "london-005-neutral.json").write_text(json.dumps(lone))
+    assert refit_pair_expressions(head_generator, tmp_path, progress=lambda m: None) == 2
+    recs = {k: json.loads((people / f"london-004-{k}.json").read_text()) for k in ("neutral", "smiling")}
+    m = load_head_model()
+    smile = [m.expression_names.index(n) for n in ("mouthSmile_L", "mouthSmile_R")]
+    for r in recs.values():
+        assert r["expression_fit"] == PAIR_EXPRESSION_FIT and np.asarray(r["head_expressions"]).shape == (1, 53)
+    e_n, e_s = (np.asarray(recs[k]["head_expressions"][0]) for k in ("neutral", "smiling"))
+    assert (e_s[smile] - e_n[smile]).min() > 0.2
+    assert json.loads((people / "london-005-neutral.json").read_text())["head_expressions"] == old
+    assert refit_pair_expressions(head_generator, tmp_path, progress=lambda m: None) == 0

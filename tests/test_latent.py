@@ -232,6 +232,15 @@ def test_with_expressions_adds_the_expression_displacement_on_the_targets_head()
     assert out[1] is plain  # no expression: unchanged
     np.testing.assert_allclose(out[2].gaussians.means, t.means, atol=1e-6)  # the template's own (rest) expression moves nothing
     np.testing.assert_array_equal(t.means, decoder_template(model.decoder).means)  # the input is not modified
+    # a neutral/smiling pair: the neutral photo's expression is the baseline
+    e_n = np.zeros(53, np.float32)
+    e_n[rng.choice(53, 3, replace=False)] = 0.4
+    pair = [Target("q-neutral", "q", t, head, np.zeros((1, 4), np.float32), {"smiling": 0}, e_n),
+            Target("q-smiling", "q", t, head, np.zeros((1, 4), np.float32), {"smiling": 1}, expr)]
+    out = with_expressions(pair, bound)
+    mun, _, _ = (x.double().numpy() for x in bound.deform(identity=head, expression=e_n))
+    np.testing.assert_allclose(out[0].gaussians.means, t.means, atol=1e-6)
+    np.testing.assert_allclose(out[1].gaussians.means, t.means + (mu1 - mun), atol=1e-5)
 
 
 def test_one_head_per_person_puts_every_entry_on_the_neutral_head():

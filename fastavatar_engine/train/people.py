@@ -202,11 +202,62 @@ def backfill_expressions(gen, run_dir, progress=None) -> int:
     return n
 
 
-def fit_people(data_root, run_dir, model=None, limit: int | None = None, only=None, progress=None) -> list[dict]:
+#: ``expression_fit`` of records whose expressions come from :func:`refit_pair_expressions`.
+PAIR_EXPRESSION_FIT = "joint neutral+smiling head fit, box expressions (head.fit.EXPRESSION_PARAM)"
+
+
+def refit_pair_expressions(gen, run_dir, progress=None) -> int:
+    """Refit the expressions of every London person's neutral and smiling records jointly.
+
+    The records of stage a' were written with the head fit's first expression parametrisation,
+    which left every coefficient near 0.018 (:data:`fastavatar_engine.head.fit.EXPRESSION_PARAM`),
+    so a smiling photo's smile reached neither its expression nor, through
+    :func:`.targets.with_expressions`, its target. Here both photos of a person are fitted
+    together (one identity, one expression per photo, :func:`fastavatar_engine.generate.photo_head`
+    as Generate runs it, with the photos' person masks) and each record gets its photo's
+    ``head_expressions`` [[53]] and ``expression_fit`` = :data:`PAIR_EXPRESSION_FIT`. The
+    records' Gaussians, identity and cameras stay as fitted; :func:`.targets.with_expressions`
+    uses the neutral photo's expression as the baseline, so only the pair's difference moves the
+    smiling target. Skips people already refitted (resumable); returns the records updated.
+    Raises ``RuntimeError`` when the joint fit does not converge."""
+    from ..generate import photo_head
+
+    log = progress or (lambda m: print(m, file=sys.stderr, flush=True))
+    pairs: dict = {}
+    for js in sorted((Path(run_dir) / "people").glob("london-*.json")):
+        rec = json.loads(js.read_text())
+        smiling = (rec.get("attributes") or {}).get("smiling")
+        if smiling in (0, 1) and len(rec["photos"]) == 1:
+            pairs.setdefault(rec["person"], {})[smiling] = (js, rec)
+    n = 0
+    for person in sorted(pairs):
+        pair = pairs[person]
+        if len(pair) != 2 or all(r.get("expression_fit") == PAIR_EXPRESSION_FIT for _, r in pair.values()):
+            continue
+        photos = [pair[0][1]["photos"][0], pair[1][1]["photos"][0]]
+        found = [gen._detect(p, None) for p in photos]
+        masks = [gen.segmenter.segment(image, face) for image, _, face, _ in found]
+        _, fit = photo_head([f for _, _, f, _ in found], photos, masks=masks)
+        if fit is None:
+            raise RuntimeError(f"{person}: the joint head fit of the neutral and smiling photos does not converge")
+        for k in (0, 1):
+            js, rec = pair[k]
+            rec["head_expressions"] = [[round(float(v), 5) for v in fit.expressions[k]]]
+            rec["expression_fit"] = PAIR_EXPRESSION_FIT
+            js.write_text(json.dumps(rec, indent=1))
+            n += 1
+        if n % 20 == 0:
+            log(f"[people] pair expressions refitted for {n // 2} people")
+    return n
+
+
+def fit_people(data_root, run_dir, model=None, limit: int | None = None, only=None, progress=None,
+               refit_expressions: bool = False) -> list[dict]:
     """Stage a' over the training entries (the committed split's held-out people excluded), with the
     fits made by ``model`` (a bundle folder; None: the packaged default). Skips finished entries;
     an entry that fails is logged to ``RUN/people/failed.jsonl`` and the stage goes on.
-    ``only``: entry names to restrict to. Returns the records written in this call."""
+    ``only``: entry names to restrict to. ``refit_expressions``: first refit the London pairs'
+    expressions jointly (:func:`refit_pair_expressions`). Returns the records written in this call."""
     from ..generate import AvatarGenerator
 
     log = progress or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -221,6 +272,8 @@ def fit_people(data_root, run_dir, model=None, limit: int | None = None, only=No
         added = backfill_expressions(gen, run_dir, log)
         if added:
             log(f"[people] head expressions added to {added} earlier records")
+        if refit_expressions:
+            log(f"[people] pair expressions refitted in {refit_pair_expressions(gen, run_dir, log)} records")
         for i, e in enumerate(todo):
             try:
                 rec = fit_entry(gen, e, out)

@@ -100,17 +100,22 @@ def with_expressions(targets: list[Target], bound) -> list[Target]:
     the head fit found in the photo (a smile, a blink) reached the Gaussians only as far as
     40 likeness-fit steps moved them: on the London pairs the decoded smile widened the mouth
     by 7% where the photos differ by 19%. Here each target with an ``expression`` gets the
-    displacement that expression makes on its head, ``deform(id, e) - deform(id, 0)``, added to
-    its means and log-scales (rotations are left as fitted), so its residual against the
-    identity-only head, and so its code, carries the whole expression. ``bound``: the
-    BoundTemplate of the model that fitted the targets (same K); targets without a head or an
-    expression are returned unchanged. Raises ``ValueError`` for a count mismatch."""
+    displacement that expression makes on its head against its baseline,
+    ``deform(id, e) - deform(id, e0)``, added to its means and log-scales (rotations are left as
+    fitted), so its residual against the head, and so its code, carries the expression. The
+    baseline ``e0`` is the expression of the person's neutral entry (``attributes["smiling"] ==
+    0``) where there is one, since that entry's Gaussians already hold its photo as it is (so a
+    neutral entry is unchanged and a smiling one gets the pair's difference), else 0.
+    ``bound``: the BoundTemplate of the model that fitted the targets (same K); targets without a
+    head or an expression are returned unchanged. Raises ``ValueError`` for a count mismatch."""
+    base = {t.person: t.expression for t in targets if t.attributes.get("smiling") == 0 and t.expression is not None}
     out = []
     for t in targets:
         if t.head is None or t.expression is None or bound is None:
             out.append(t)
             continue
-        mu0, ls0, _ = (x.detach().double().numpy() for x in bound.deform(identity=t.head))
+        e0 = base.get(t.person)
+        mu0, ls0, _ = (x.detach().double().numpy() for x in bound.deform(identity=t.head, expression=e0))
         mu1, ls1, _ = (x.detach().double().numpy() for x in bound.deform(identity=t.head, expression=t.expression))
         if mu0.shape[0] != t.gaussians.count:
             raise ValueError(f"target {t.name}: {t.gaussians.count} Gaussians, the bound template has {mu0.shape[0]}")
