@@ -67,7 +67,7 @@ def test_generate_avatar_attributes_equal_the_engine_arrays(blender_python, gene
     assert r["op"] == [["FINISHED"], ""]
     obj = r["object"]
     assert obj["vertices"] == 10144 and obj["edges"] == 0 and obj["faces"] == 0  # vertices only
-    assert obj["model_id"] == "fastavatar-default-v2" and obj["photo"].endswith("astronaut.png")
+    assert obj["model_id"] == "fastavatar-default-v2.1" and obj["photo"].endswith("astronaut.png")
     assert obj["camera_json"]
     if native_splat_line(blender_python):  # Blender's own Gaussian splats, with the screen-space dilation
         assert obj["type"] == "POINTCLOUD" and obj["data_type"] == "GAUSSIAN_SPLAT" and obj["modifiers"] == ["NODES"]

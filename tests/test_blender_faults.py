@@ -29,7 +29,7 @@ def fault_rows(blender_python, astronaut_png, tmp_path_factory):
     wrapper = out / "faulty-python"
     wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "tests" / "faults" / "fault_proxy.py"}" "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    save_direction(Direction("planted", "fastavatar-default-v2", np.random.default_rng(2).standard_normal(512)),
+    save_direction(Direction("planted", "fastavatar-default-v2.1", np.random.default_rng(2).standard_normal(512)),
                    out / "planted.json")
     env = dict(os.environ, FASTAVATAR_ENGINE_PYTHON=str(wrapper), FASTAVATAR_REQUEST_TIMEOUT="15")
     return run_driver(blender_python, "faults", out, astronaut_png, out / "planted.json", env=env, timeout=900)["rows"]

@@ -46,7 +46,7 @@ def _raw(client, data: bytes):
 def test_hello_reports_protocol_device_and_model(engine):
     info = engine.hello()
     assert info["protocol"] == 1 and info["device"] == "cpu"
-    assert info["model"] == {"model_id": "fastavatar-default-v2", "code_dim": 512, "num_gaussians": 10144,
+    assert info["model"] == {"model_id": "fastavatar-default-v2.1", "code_dim": 512, "num_gaussians": 10144,
                              "embedder": "dlib"}
     assert info["pid"] == engine.proc.pid
 
@@ -54,7 +54,7 @@ def test_hello_reports_protocol_device_and_model(engine):
 def test_generate_and_decode_equal_the_in_process_model(engine, model, astronaut):
     g, code, header = engine.generate(str(astronaut), refine_steps=0)
     assert code.shape == (512,) and len(g) == 10144
-    assert header["model_id"] == "fastavatar-default-v2" and len(header["camera"]["c2w_opengl"]) == 4
+    assert header["model_id"] == "fastavatar-default-v2.1" and len(header["camera"]["c2w_opengl"]) == 4
     head = header["arrays"]["head"]  # the photo's head-model identity: the template sits on it
     assert head.shape == (100,)
     with torch.no_grad():
@@ -225,7 +225,7 @@ def test_train_direction_request(engine):
     labels = np.arange(40) % 2
     codes = rng.standard_normal((40, 512)) * 0.05 + np.outer(np.where(labels == 1, 1.0, -1.0), d0)
     d = engine.train_direction(codes, labels, "planted")
-    assert d["model_id"] == "fastavatar-default-v2" and d["name"] == "planted"
+    assert d["model_id"] == "fastavatar-default-v2.1" and d["name"] == "planted"
     assert float(np.dot(d["vector"], d0)) > 0.9 and d["accuracy"]["train"] == 1.0
     with pytest.raises(EngineError, match="at least 2"):
         engine.train_direction(codes[:4], np.array([1, 0, 0, 0]), "x")
