@@ -287,3 +287,27 @@ def test_linear_basis_adds_mean_plus_codes_times_basis_and_round_trips(tmp_path)
     save_file(sd, str(tmp_path / "m" / "decoder.safetensors"))
     with pytest.raises(ModelLoadError, match="linear basis"):
         FastAvatarModel.load(tmp_path / "m")
+
+
+def test_zero_heads_skip_the_mlp_exactly_and_still_train():
+    """With every head's last layer at zero (a fresh decoder; default v2.1's untrained MLP) the
+    decode skips the MLP: the same Gaussians as the paper's equations in NumPy, with and without a
+    subset. Once the heads take gradients the MLP runs, so refinement's heads mode still trains."""
+    dec = FastAvatarDecoder(random_template())
+    randomise(dec.conditioning_mlp.shared_body)
+    w = torch.randn(512) * 0.3
+    with torch.no_grad():
+        assert dec.conditioning_mlp.outputs_zero()
+        g = dec(w)
+        part = dec(w, torch.tensor([4, 1]))
+    ref = numpy_decoder(dec.state_dict(), w.numpy())
+    np.testing.assert_allclose(g.means.numpy(), ref["means"], atol=1e-6)
+    np.testing.assert_allclose(g.sh.numpy(), ref["sh"], atol=1e-6)
+    torch.testing.assert_close(part.means, g.means[[4, 1]])
+    last = dec.conditioning_mlp.means_head[2]
+    assert not dec.conditioning_mlp.outputs_zero()  # heads take gradients (grad mode on): the MLP runs
+    dec(w).means.sum().backward()
+    assert last.weight.grad is not None and last.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        last.bias.fill_(0.5)
+        assert not dec.conditioning_mlp.outputs_zero()  # non-zero heads always run

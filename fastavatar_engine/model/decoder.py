@@ -82,6 +82,16 @@ class ConditioningMLP(nn.Module):
         """Each head's hidden layer (after its first Linear + ReLU), dict of [K, hidden]."""
         return {name: getattr(self, f"{name}_head")[1](getattr(self, f"{name}_head")[0](h)) for name in HEAD_DIMS}
 
+    def outputs_zero(self) -> bool:
+        """True when every head's last Linear is exactly zero (weights and bias) and none of them
+        takes gradients (or autograd is off): the heads then output 0 for any input and no
+        gradient can flow through them, so the MLP need not run (default v2.1 does not train it)."""
+        lasts = [getattr(self, f"{name}_head")[2] for name in HEAD_DIMS]
+        params = [p for m in lasts for p in (m.weight, m.bias)]
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return False
+        return all(not torch.any(p) for p in params)
+
     def forward_split(self, w: torch.Tensor, e: torch.Tensor) -> dict[str, torch.Tensor]:
         """Heads' raw outputs for code ``w`` [512] and embeddings ``e`` [K,32]: dict of [K,d]."""
         h = self.body(w, e)
@@ -159,7 +169,12 @@ class FastAvatarDecoder(nn.Module):
         if w.ndim != 1 or w.shape[0] != self.code_dim:
             raise ValueError(f"code w: expected shape [{self.code_dim}], got {list(w.shape)}")
         e = self.gaussian_embeddings.weight if index is None else self.gaussian_embeddings(index)
-        return self.with_linear(self.residuals_from_raw(self.conditioning_mlp.forward_split(w, e)), w, index)
+        if self.conditioning_mlp.outputs_zero():  # exact shortcut: zero heads output zero residuals
+            z = w.new_zeros(e.shape[0])
+            raw = {name: z[:, None].expand(-1, d) for name, d in HEAD_DIMS.items()}
+        else:
+            raw = self.conditioning_mlp.forward_split(w, e)
+        return self.with_linear(self.residuals_from_raw(raw), w, index)
 
     def with_linear(self, r: dict[str, torch.Tensor], w: torch.Tensor, index: torch.Tensor | None = None) -> dict:
         """The MLP's residuals ``r`` (:meth:`residuals_from_raw`) plus the linear basis's part for code

@@ -25,10 +25,11 @@ keeping them apart lets a user's edit of ``w`` (smile, age) keep their head.
 * :func:`pca_basis`: the same PCA as a **linear basis of the decoder** (``LatentDecoderConfig.
   linear_basis``, default): mean + components, in the decoder's residual columns, become the
   decoder's ``linear_mean`` / ``linear_basis`` buffers, so decoding target i's code reproduces its
-  PCA reconstruction (96.5% of the residuals' variance for default v2) before any MLP step, and
-  the MLP only has what is left to learn. Default v2 ships with 0 MLP steps: after 3,000 steps an
-  MLP alone still decoded every code as nearly the mean face (distillation loss 0.174 against the
-  basis's 0.076), and held-out feed-forward rank-1 went from 8% to 48-52% with the basis.
+  PCA reconstruction (96.5% of the residuals' variance with 64 components, 99.4% with default
+  v2.1's 128) before any MLP step, and the MLP only has what is left to learn. Default v2 and v2.1
+  ship with 0 MLP steps: after 3,000 steps an MLP alone still decoded every code as nearly the
+  mean face (distillation loss 0.174 against the 64-component basis's 0.076), and held-out
+  feed-forward rank-1 went from 8% to 48-52% with the basis (56% with 128 components).
 * :func:`train_decoder_targets`: the auto-decoder by distillation: decoder weights and Gaussian
   embeddings (and, unless fixed, one code per target) are optimised so that decoding target i's code on
   target i's head reproduces its Gaussians (:func:`.autodecoder.distill_loss`, plus ``dc_weight``

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The commands of default v2's training (2-core CPU, no GPU), after runs/default_v2/people.sh
 #
+# STATUS (2026-12-07, session 3): REPLACED by default v2.1 (runs/default_v2_c128/train.sh), which refits the
+# people records' expressions (train people --refit-expressions) and uses 128 components; rerunning the
+# commands below on the refitted records gives runs/default_v2_c64_expr's ablation, not session 2's v2.
 # STATUS (2026-12-06, session 2): default v2 SHIPPED (fastavatar_engine/weights/default_v2). What ran, in order:
 #  1. session 1, free auto-decoder codes + the MLP encoder (4000 decoder steps): runs/default_v2/free_codes/
 #     (leave-369-out feed-forward 14.00 dB strict, fit-40 14.33 dB).
