@@ -234,7 +234,10 @@ def test_fit_recovers_a_synthetic_camera_and_shape():
         face = _synthetic_face(ident, expr, c2w, K, (w, h))
         fit = fit_head(face, Ks=[K])
         assert fit.converged, fit.reason
-        assert rotation_angle_deg(fit.cameras[0].c2w, c2w) < 1.0
+        # exact landmarks, but the identity (L2) and expression (L1) priors bias the optimum: ~1.0 deg
+        # at 25 deg yaw for both solvers and any number of rounds (Levenberg-Marquardt 0.99-1.01,
+        # L-BFGS 0.94-1.10)
+        assert rotation_angle_deg(fit.cameras[0].c2w, c2w) < 1.25
         assert fit.rms_px[0] < 1.5
         assert fit.expressions[0][m.expression_names.index("jawOpen")] > 0.15
         # the fitted head is closer to the true one than the mean head is
@@ -416,3 +419,44 @@ def test_refit_pair_expressions_updates_a_london_pair_once(head_generator, tmp_p
     assert (e_s[smile] - e_n[smile]).min() > 0.2
     assert json.loads((people / "london-005-neutral.json").read_text())["head_expressions"] == old
     assert refit_pair_expressions(head_generator, tmp_path, progress=lambda m: None) == 0
+
+
+def test_lm_gradient_matches_finite_differences_of_the_objective():
+    """:mod:`fastavatar_engine.head.lm`: the analytic gradient (projection derivative times the
+    coefficient basis, left rotation perturbation) equals central differences of the objective in
+    every parameter block, on random points, Huber-active residuals included."""
+    from fastavatar_engine.face.triangulate import axis_angle_to_matrix as _rotation
+    from fastavatar_engine.head.lm import HeadProblem, PhotoTerms
+
+    rng = np.random.default_rng(3)
+    nid, ne, n = 4, 3, 30
+    terms = []
+    for p in range(2):
+        X0 = rng.normal(0, 0.05, (n, 3))
+        B = rng.normal(0, 0.01, (n, 3, nid + ne))
+        mask = np.ones((n, 2))
+        mask[-5:, 1] = 0.0  # outline points: x only
+        target = rng.uniform(200, 300, (n, 2))
+        terms.append(PhotoTerms(X0, B, target, mask, rng.uniform(0.5, 1.0, n), 40.0, 2.5, 1000.0, np.array([256.0, 256.0])))
+    prob = HeadProblem(terms, nid, 50.0, 5.0, 0.5, 3.0)
+    a = rng.normal(0, 0.3, nid)
+    rots = np.stack([_rotation(rng.normal(0, 0.1, 3)) for _ in range(2)])
+    tv = np.array([[0.0, 0.0, 0.6], [0.02, -0.01, 0.7]])
+    ex = rng.uniform(0.2, 0.8, (2, ne))
+    H, g = prob.normal_equations(a, rots, tv, ex)
+    n_loc = 6 + ne
+    assert H.shape == (nid + 2 * n_loc,) * 2 and np.allclose(H, H.T)
+
+    def value(x):
+        a1 = x[:nid]
+        r1, t1, e1 = rots.copy(), tv.copy(), ex.copy()
+        for p in range(2):
+            s = x[nid + p * n_loc:nid + (p + 1) * n_loc]
+            r1[p] = _rotation(s[:3]) @ rots[p]
+            t1[p] = _rotation(s[:3]) @ tv[p] + s[3:6]
+            e1[p] = ex[p] + s[6:]
+        return prob.value(a1, r1, t1, e1)
+
+    x0 = np.r_[a, np.zeros(2 * n_loc)]
+    num = np.array([(value(x0 + h) - value(x0 - h)) / 2e-6 for h in 1e-6 * np.eye(len(x0))])
+    np.testing.assert_allclose(g, num, rtol=1e-4, atol=1e-4 * np.abs(num).max())

@@ -4,7 +4,7 @@
 
 * per photo a camera: rotation (axis-angle), translation (metres) and focal length (pixels,
   square pixels, principal point at the image centre) unless the intrinsics are given;
-* per photo the 53 ARKit expression coefficients (in [0,1] through a sigmoid; L1 prior);
+* per photo the 53 ARKit expression coefficients (in [0,1]; L1 prior);
 * one set of identity coefficients shared by all photos (Gaussian prior N(0,1): ICT's modes are
   scaled by their standard deviation).
 
@@ -16,7 +16,9 @@ by their mesh normal. Given person masks, the mask's outline beside the face, ro
 the eyes to the chin, pulls the posed mesh's leftmost and rightmost vertex on each row
 (:mod:`.silhouette`; gated, so hair beside the face does not). Residuals are measured in units of the face's size in the image
 (``sqrt`` of the landmarks' bounding-box area), so priors mean the same at any resolution.
-The optimiser is PyTorch's L-BFGS (strong-Wolfe line search) in float64. It starts from the
+The optimiser is projected Levenberg-Marquardt with analytic Jacobians (:mod:`.lm`, float64;
+``SOLVER = "lbfgs"``: PyTorch's L-BFGS with a strong-Wolfe line search, the first solver,
+also used for a free focal length). It starts from the
 PnP camera against the mean landmark template (:func:`fastavatar_engine.face.estimate_camera`),
 which also stays the fallback when the fit does not converge (see :class:`HeadFit.converged`).
 
@@ -56,6 +58,8 @@ EXPRESSION_PARAM = "box"  # "box": coefficients optimised directly, kept in [0,1
                           # parametrisation: its gradient there is 0.018x, so L-BFGS left the
                           # coefficients near 0.018 and mouth width went into identity)
 EXPRESSION_BOX_WEIGHT = 1e3  # weight of the squared excursion of a coefficient outside [0,1]
+SOLVER = "lm"             # "lm": projected Levenberg-Marquardt with analytic Jacobians (:mod:`.lm`);
+                          # "lbfgs": torch's L-BFGS on the same objective (the first solver)
 FIT_FOCAL = False         # False: keep the starting focal length (default field of view or EXIF)
 RELIABILITY_WEIGHTS = False  # weight landmarks by their multi-view consistency (template statistics)
 SILHOUETTE_WEIGHT = 12.0  # weight of a silhouette row side (person mask outline) relative to a landmark
@@ -130,6 +134,14 @@ class _Problem:
         self.mean3, self.modes3 = mean3, modes3[keep]  # for the silhouette's vertices
         self.tris = model.triangles
 
+    def numpy_bases(self):
+        """``(landmarks [L,3,K], contour candidates [C,3,K])`` float64: the coefficient
+        derivatives of the fixed landmarks and contour candidates, for :mod:`.lm` (cached)."""
+        if not hasattr(self, "_np_bases"):
+            self._np_bases = (self.lm_modes.permute(1, 2, 0).numpy().copy(),
+                              self.c_modes.permute(1, 2, 0).numpy().copy())
+        return self._np_bases
+
     def coeffs_full(self, a, b):
         return np.r_[np.pad(a, (0, NUM_IDENTITY - len(a))), b]
 
@@ -154,7 +166,7 @@ def _rodrigues(r):
 
 
 def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int = NUM_IDENTITY,
-             rounds: int = 4, iterations: int = 40, max_rms_face: float = 0.05, masks=None) -> HeadFit:
+             rounds: int = 2, iterations: int = 40, max_rms_face: float = 0.05, masks=None) -> HeadFit:
     """Fit cameras, identity and expressions to the landmarks of one person's photos.
 
     Args:
@@ -165,7 +177,7 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
         model: the head model (the packaged one by default); it must carry a registration.
         num_identity: how many identity modes to fit (the rest stay 0).
         rounds: outer rounds (contour re-assignment and visibility weights).
-        iterations: L-BFGS iterations per round.
+        iterations: solver iterations per round (Levenberg-Marquardt steps, or L-BFGS iterations).
         max_rms_face: convergence test on the final RMS error as a fraction of the face size.
         masks: None, or per photo an [H,W] person mask in [0,1] (same pixels as the landmarks) or
             None: its outline beside the face is fitted too (:mod:`.silhouette`).
@@ -273,38 +285,24 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
             total = total + 0.5 * (logf[p] * free_f[p] / FOCAL_SIGMA) ** 2
         return total / P + IDENTITY_WEIGHT * (ida ** 2).sum()
 
+    # Levenberg-Marquardt (:mod:`.lm`) for the default settings; L-BFGS for a free focal length or
+    # the sigmoid expressions
+    use_lm = SOLVER == "lm" and box and not float(free_f.sum())
     params = [rvec, tvec, logf] + ([ida] if FIT_SHAPE else []) + ([exr] if FIT_SHAPE and FIT_EXPRESSION else [])
     opt = torch.optim.LBFGS(params, lr=1, max_iter=iterations, history_size=20,
                             line_search_fn="strong_wolfe")
     for _ in range(rounds):
         with torch.no_grad():
             for p in range(P):
-                full = prob.coeffs_full(ida.numpy(), expr(p).clamp(0, 1).numpy())
-                V = m.vertices(full[:NUM_IDENTITY], full[NUM_IDENTITY:])
-                R = _rodrigues(rvec[p]).numpy()
-                cam_c = -R.T @ tvec[p].numpy()  # camera centre in the head frame
-                # visibility of the fixed landmarks from their mesh normals
-                lb_pts = (prob.lm_mean + torch.einsum("k,kld->ld", coeffs(p), prob.lm_modes)).numpy()
-                nrm = _landmark_normals(prob, V)
-                view = cam_c[None] - lb_pts
-                view /= np.linalg.norm(view, axis=1, keepdims=True)
-                cosv = (nrm * view).sum(1)
-                vis_w[p] = torch.as_tensor(np.clip((cosv - 0.0) / 0.3, 0.05, 1.0) * prob.reliability, dtype=dt)
-                # silhouette candidates and nearest assignment of the contour landmarks
-                cn = prob.normals(V, prob.cand)
-                cview = cam_c[None] - V[prob.cand]
-                cview /= np.linalg.norm(cview, axis=1, keepdims=True)
-                on_sil = np.abs((cn * cview).sum(1)) < SILHOUETTE_COS
-                if on_sil.sum() < 3:
-                    on_sil = np.ones(len(prob.cand), bool)
-                C = prob.c_mean + torch.einsum("k,kld->ld", coeffs(p), prob.c_modes)
-                uvc = project(p, C).numpy()
-                target = obs[p][list(CONTOUR)].numpy()
-                d = np.linalg.norm(uvc[None, on_sil] - target[:, None], axis=2)
-                contour_idx[p] = np.nonzero(on_sil)[0][d.argmin(1)]
-                if outlines[p] is not None:  # the mask's outline: each row's extreme vertices
-                    uv_all = project(p, torch.as_tensor(V, dtype=dt)).numpy()
-                    sil[p] = _silhouette_targets(outlines[p], uv_all, SILHOUETTE_GATE * scales[p], dt)
+                f = float(f0[p] * torch.exp(logf[p] * free_f[p]))
+                vw, contour_idx[p], sil[p] = _assign(prob, m, ida.numpy(), expr(p).clamp(0, 1).numpy(),
+                                                     _rodrigues(rvec[p]).numpy(), tvec[p].numpy(), f, pps[p],
+                                                     obs[p].numpy(), outlines[p], scales[p])
+                vis_w[p] = torch.as_tensor(vw, dtype=dt)
+        if use_lm:
+            _lm_round(prob, m, obs, fixed, vis_w, contour_idx, sil, scales, f0s, pps, rvec, tvec, ida, exr,
+                      iterations)
+            continue
 
         def closure():
             opt.zero_grad()
@@ -348,6 +346,85 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
         ex = torch.stack([expr(p) for p in range(P)]).clamp(0, 1).numpy().copy()
     return HeadFit(identity=a, expressions=ex, cameras=cams, rms_px=np.array(rms), converged=not reason,
                    reason=reason, seconds=time.perf_counter() - t0, fallback=init)
+
+
+def _assign(prob: _Problem, m: HeadModel, a, e, R, t, f: float, pp, uv, outline, scale: float):
+    """A round's assignments for one photo, at identity ``a`` [nid], expression ``e`` [53] and
+    camera ``R`` [3,3], ``t`` [3], focal ``f`` and principal point ``pp`` (pixels): the fixed
+    landmarks' visibility weights [L] (from their mesh normals), the contour landmarks' candidate
+    vertices [len(CONTOUR)] (the nearest silhouette candidates in the image) and the mask
+    outline's (vertex ids, target x) (:func:`_silhouette_targets`; empty without a mask)."""
+    import torch
+
+    lm_B, c_B = prob.numpy_bases()
+    c = np.r_[a, e]
+    full = prob.coeffs_full(a, e)
+    V = m.vertices(full[:NUM_IDENTITY], full[NUM_IDENTITY:])
+    cam_c = -R.T @ t  # camera centre in the head frame
+
+    def project(X):
+        Xc = X @ R.T + t
+        return f * Xc[:, :2] / np.maximum(Xc[:, 2:3], 1e-3) + np.asarray(pp)
+
+    lb_pts = prob.lm_mean.numpy() + lm_B @ c
+    view = cam_c[None] - lb_pts
+    view /= np.linalg.norm(view, axis=1, keepdims=True)
+    cosv = (_landmark_normals(prob, V) * view).sum(1)
+    vis_w = np.clip(cosv / 0.3, 0.05, 1.0) * prob.reliability
+    cn = prob.normals(V, prob.cand)
+    cview = cam_c[None] - V[prob.cand]
+    cview /= np.linalg.norm(cview, axis=1, keepdims=True)
+    on_sil = np.abs((cn * cview).sum(1)) < SILHOUETTE_COS
+    if on_sil.sum() < 3:
+        on_sil = np.ones(len(prob.cand), bool)
+    uvc = project(prob.c_mean.numpy() + c_B @ c)
+    d = np.linalg.norm(uvc[None, on_sil] - uv[list(CONTOUR)][:, None], axis=2)
+    contour_idx = np.nonzero(on_sil)[0][d.argmin(1)]
+    sil = (np.zeros(0, np.int64), torch.zeros(0, dtype=torch.float64))
+    if outline is not None:  # the mask's outline: each row's extreme vertices
+        sil = _silhouette_targets(outline, project(V), SILHOUETTE_GATE * scale, torch.float64)
+    return vis_w, contour_idx, sil
+
+
+def _lm_round(prob: _Problem, m: HeadModel, obs, fixed, vis_w, contour_idx, sil, scales, f0s, pps,
+              rvec, tvec, ida, exr, iterations: int) -> None:
+    """One round of :func:`.lm.solve` on the round's assignments; writes the parameters back into
+    the torch tensors ``rvec``, ``tvec``, ``ida`` and ``exr`` (in place)."""
+    import cv2
+    import torch
+
+    from .lm import HeadProblem, PhotoTerms, solve
+
+    nid = prob.nid
+    lm_B, c_B = prob.numpy_bases()
+    terms = []
+    for p in range(len(obs)):
+        uv = obs[p].numpy()
+        ids, tx = sil[p]
+        ci = contour_idx[p]
+        X0 = [prob.lm_mean.numpy(), prob.c_mean.numpy()[ci]]
+        B = [lm_B, c_B[ci]]
+        target = [uv[fixed], uv[list(CONTOUR)]]
+        mask = [np.ones((len(fixed), 2)), np.ones((len(ci), 2))]
+        weight = [vis_w[p].numpy(), np.full(len(ci), CONTOUR_WEIGHT)]
+        if len(ids):
+            X0.append(prob.mean3[ids].numpy())
+            B.append(prob.modes3[:, ids].permute(1, 2, 0).numpy())
+            target.append(np.stack([tx.numpy(), np.zeros(len(ids))], 1))
+            mask.append(np.tile([1.0, 0.0], (len(ids), 1)))
+            weight.append(np.full(len(ids), SILHOUETTE_WEIGHT))
+        norm = float(vis_w[p].sum()) + CONTOUR_WEIGHT * len(ci) + SILHOUETTE_WEIGHT * len(ids)
+        terms.append(PhotoTerms(np.concatenate(X0), np.concatenate(B), np.concatenate(target), np.concatenate(mask),
+                                np.concatenate(weight), norm, scales[p] * LANDMARK_SIGMA, f0s[p], np.asarray(pps[p])))
+    problem = HeadProblem(terms, nid, DATA_WEIGHT, IDENTITY_WEIGHT, EXPRESSION_WEIGHT, 3.0)
+    with torch.no_grad():
+        rots = np.stack([cv2.Rodrigues(rvec[p].numpy())[0] for p in range(len(obs))])
+        a, rots, tv, ex, _ = solve(problem, ida.numpy(), rots, tvec.numpy(), exr.numpy().clip(0, 1),
+                                   iterations=iterations, fit_expressions=FIT_EXPRESSION, fit_shape=FIT_SHAPE)
+        ida.copy_(torch.as_tensor(a))
+        exr.copy_(torch.as_tensor(ex))
+        tvec.copy_(torch.as_tensor(tv))
+        rvec.copy_(torch.as_tensor(np.stack([cv2.Rodrigues(R)[0][:, 0] for R in rots])))
 
 
 def _outline(mask, face, scale: float):
