@@ -340,7 +340,10 @@ class AvatarGenerator:
         image, name = as_rgb_image(photo)
         timings["image_load"] = 1e3 * (time.perf_counter() - t)
         t = time.perf_counter()
-        face = select_face(self.front_end.detect(image), face_index, image_name=name)
+        # the largest face (no index): the whole-image pass finds it, and the tile pass only adds
+        # smaller faces, so it runs only when the whole image yields none
+        faces = self.front_end.detect(image, tiles=False) if face_index is None else []
+        face = select_face(faces or self.front_end.detect(image), face_index, image_name=name)
         timings["detect"] = 1e3 * (time.perf_counter() - t)
         return image, name, face, timings
 

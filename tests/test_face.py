@@ -452,3 +452,24 @@ def test_landmarks_consistent_under_scale_and_at_image_border(fe, astro_faces, a
     fc = fe.detect_one(cut)
     assert fc.box[0] >= 0
     assert np.median(np.linalg.norm(fc.landmarks + [150.0, 0.0] - ref, axis=1)) < 0.04 * iod
+
+
+def test_tile_pass_finds_small_faces_and_generate_skips_it_when_the_whole_image_has_one(fe, astronaut):
+    """A face 10% of a 1400-px photo's width is found only by the tile pass; a large face is found
+    without it, with the same landmarks. Generate (no face index) detects without tiles first and
+    falls back to them, so it still finds the small face."""
+    import cv2
+
+    from fastavatar_engine.generate import AvatarGenerator
+
+    canvas = np.full((1400, 1400, 3), 200, np.uint8)
+    canvas[600:820, 700:920] = cv2.resize(astronaut, (220, 220), interpolation=cv2.INTER_AREA)
+    assert fe.detect(canvas, tiles=False) == [] and len(fe.detect(canvas)) == 1
+    big = np.full((1100, 1100, 3), 200, np.uint8)
+    big[300:812, 300:812] = astronaut
+    with_tiles, without = fe.detect(big), fe.detect(big, tiles=False)
+    assert len(without) == 1 and len(with_tiles) >= 1
+    np.testing.assert_array_equal(with_tiles[0].landmarks, without[0].landmarks)
+    with AvatarGenerator() as gen:
+        _, _, face, _ = gen._detect(canvas, None)
+        assert 700 <= face.box[0] and face.box[2] <= 920

@@ -189,12 +189,12 @@ class FaceFrontEnd:
                                 (bb.xmin + bb.width) * W + x0, (bb.ymin + bb.height) * H + y0])
                 out.append((level, float(d.score[0]), box))
 
-    def _detect_boxes(self, img: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    def _detect_boxes(self, img: np.ndarray, tiles: bool = True) -> list[tuple[float, np.ndarray]]:
         """Detections as (score, box) after merging the models and the tile pass."""
         H, W = img.shape[:2]
         cands: list[tuple[int, float, np.ndarray]] = []
         self._run_detectors(img, 0, 0, 0, cands)
-        if self.tiles and max(H, W) >= 2 * self.min_tile_side:
+        if tiles and max(H, W) >= 2 * self.min_tile_side:
             # BlazeFace sees the photo at 128 / 192 px, so faces under ~8% of the image width
             # are missed; a second pass over half-size tiles (50% overlap) finds them. A face
             # smaller than half a tile lies wholly inside some tile, so detections touching an
@@ -255,12 +255,16 @@ class FaceFrontEnd:
         xy = best[:, :2] / s + np.array([ox, oy])
         return xy, best[:, 2] / s
 
-    def detect(self, image) -> list[Face]:
+    def detect(self, image, tiles: bool | None = None) -> list[Face]:
         """Detect faces in ``image`` and compute their dense landmarks.
 
         Args:
             image: [H,W,3] uint8 RGB array, or a path / encoded bytes (loaded with
                 :func:`fastavatar_engine.images.load_image`).
+            tiles: run the small-face tile pass (None: the front end's ``tiles`` setting). It
+                only adds faces too small for the whole-image pass (and costs 58 ms on a
+                1024x1024 photo, against 6 ms without), so a caller after the largest face may
+                try without it first.
 
         Returns a list of :class:`Face`, largest box first (possibly empty).
         Raises ``ValueError`` for an unusable array, ``ImageLoadError`` for an unreadable file.
@@ -268,7 +272,7 @@ class FaceFrontEnd:
         img, _ = as_rgb_image(image)
         H, W = img.shape[:2]
         t0 = time.perf_counter()
-        boxes = self._detect_boxes(img)
+        boxes = self._detect_boxes(img, self.tiles if tiles is None else bool(tiles))
         t1 = time.perf_counter()
         faces: list[Face] = []
         for score, box in boxes:
