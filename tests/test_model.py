@@ -272,7 +272,7 @@ def test_linear_basis_adds_mean_plus_codes_times_basis_and_round_trips(tmp_path)
     idx = torch.tensor([4, 0, 9])
     with torch.no_grad():
         torch.testing.assert_close(dec(w, idx).sh, g.sh[idx], atol=1e-5, rtol=1e-5)
-    # a bundle keeps the basis (float16); v1-style bundles without one still load
+    # a bundle keeps the basis (int8 with scales); v1-style bundles without one still load
     model = FastAvatarModel(dec, randomise(FastAvatarEncoder(in_dim=128), seed=4).eval(), {"model_id": "lin"})
     back = FastAvatarModel.load(model.save(tmp_path / "m"))
     assert back.decoder.basis_components == 6
@@ -283,7 +283,7 @@ def test_linear_basis_adds_mean_plus_codes_times_basis_and_round_trips(tmp_path)
     from safetensors.torch import load_file, save_file
 
     sd = load_file(str(tmp_path / "m" / "decoder.safetensors"))
-    sd["linear_basis"] = sd["linear_basis"][:, :-1].contiguous()
+    sd["linear_basis_int8"] = sd["linear_basis_int8"][:, :-1].contiguous()
     save_file(sd, str(tmp_path / "m" / "decoder.safetensors"))
     with pytest.raises(ModelLoadError, match="linear basis"):
         FastAvatarModel.load(tmp_path / "m")
@@ -311,3 +311,24 @@ def test_zero_heads_skip_the_mlp_exactly_and_still_train():
     with torch.no_grad():
         last.bias.fill_(0.5)
         assert not dec.conditioning_mlp.outputs_zero()  # non-zero heads always run
+
+
+def test_linear_basis_is_stored_as_int8_and_restored_within_its_step(tmp_path):
+    """The bundle keeps a linear basis as int8 with a scale per component and column: half the
+    bytes of float16; each value comes back within half a quantisation step; a broken scale is refused."""
+    from safetensors.torch import load_file, save_file
+
+    dec = FastAvatarDecoder(random_template(), basis_components=3)
+    basis = torch.randn(3, dec.num_gaussians, 10) * torch.tensor([0.001] * 3 + [0.1] * 7)
+    dec.set_linear_basis(torch.zeros(dec.num_gaussians, 10), basis)
+    model = FastAvatarModel(dec, FastAvatarEncoder(in_dim=128), {"model_id": "q"}, {}, "dlib")
+    model.save(tmp_path)
+    sd = load_file(tmp_path / "decoder.safetensors")
+    assert "linear_basis" not in sd and sd["linear_basis_int8"].dtype == torch.int8
+    step = basis.abs().amax(1) / 127
+    back = FastAvatarModel.load(tmp_path).decoder.linear_basis
+    assert bool(((back - basis).abs() <= 0.5 * step[:, None, :] + 1e-7).all())
+    sd["linear_basis_scale"] = torch.full_like(sd["linear_basis_scale"], float("nan"))
+    save_file(sd, tmp_path / "decoder.safetensors")
+    with pytest.raises(ModelLoadError, match="int8 linear basis"):
+        FastAvatarModel.load(tmp_path)

@@ -146,9 +146,8 @@ def solve(problem: HeadProblem, a, rots, tvecs, exprs, iterations: int = 10, fit
         for p in range(P):
             sl = slice(nid + p * n_loc + 6, nid + (p + 1) * n_loc)
             e = exprs[p]
-            free[sl] = fit_shape and fit_expressions and True
-            if fit_shape and fit_expressions:
-                free[sl] &= ~(((e <= 0) & (g[sl] > 0)) | ((e >= 1) & (g[sl] < 0)))
+            at_bound = ((e <= 0) & (g[sl] > 0)) | ((e >= 1) & (g[sl] < 0))
+            free[sl] = fit_shape and fit_expressions and ~at_bound
         idx = np.nonzero(free)[0]
         Hf, gf = H[np.ix_(idx, idx)], g[idx]
         improved = False

@@ -126,7 +126,8 @@ class FastAvatarModel:
 
     # ------------------------------------------------------------------ our bundle
     def save(self, folder, dtype=torch.float16) -> Path:
-        """Write the bundle to ``folder`` (tensors cast to ``dtype``); returns the folder.
+        """Write the bundle to ``folder`` (tensors cast to ``dtype``; a linear basis stored as int8,
+        :func:`_quantize_basis`); returns the folder.
 
         Each file is written under a temporary name and renamed, so an interrupted save never
         leaves a truncated weights file.
@@ -137,8 +138,11 @@ class FastAvatarModel:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        cast = lambda sd: {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}  # noqa: E731
-        tensors = {"decoder": self.decoder.state_dict(), "encoder": self.encoder.state_dict(), "codes": self.codes}
+        def cast(sd):
+            return {k: v.detach().to("cpu", v.dtype if k in _KEEP_DTYPE else dtype).contiguous() for k, v in sd.items()}
+
+        tensors = {"decoder": _quantize_basis(self.decoder.state_dict()), "encoder": self.encoder.state_dict(),
+                   "codes": self.codes}
         for name, sd in tensors.items():
             if sd:
                 _atomic_write(folder / f"{name}.safetensors", lambda tmp, sd=sd: save_file(cast(sd), tmp))
@@ -257,7 +261,42 @@ def _check_state(module: torch.nn.Module, sd: dict, path: Path, optional=()) -> 
         raise ModelLoadError(f"{path}: non-finite values in {nonfinite[:5]}")
 
 
+#: state-dict entries written in their own dtype by :meth:`FastAvatarModel.save`
+_KEEP_DTYPE = ("linear_basis_int8", "linear_basis_scale")
+
+
+def _quantize_basis(sd: dict) -> dict:
+    """``sd`` with ``linear_basis`` [N,K,10] replaced by ``linear_basis_int8`` [N,K,10] int8 and
+    ``linear_basis_scale`` [N,10] float32 (per component and column, max |value| / 127): half the
+    size of float16 (default v2.1: 24.8 -> 12.4 MiB). The decode error this makes is in the README
+    (*Default model v2.1*); :func:`_dequantize_basis` undoes it."""
+    if "linear_basis" not in sd:
+        return sd
+    b = sd["linear_basis"].detach().float().cpu()
+    scale = b.abs().amax(1).clamp_min(1e-12) / 127.0
+    out = {k: v for k, v in sd.items() if k != "linear_basis"}
+    out["linear_basis_int8"] = torch.round(b / scale[:, None, :]).clamp(-127, 127).to(torch.int8)
+    out["linear_basis_scale"] = scale
+    return out
+
+
+def _dequantize_basis(sd: dict, path: Path) -> dict:
+    """``sd`` with an int8 basis (:func:`_quantize_basis`) turned back into a float ``linear_basis``.
+    Raises :class:`ModelLoadError` for mismatched shapes, another dtype or non-finite scales."""
+    if "linear_basis_int8" not in sd and "linear_basis_scale" not in sd:
+        return sd
+    q, scale = sd.get("linear_basis_int8"), sd.get("linear_basis_scale")
+    if q is None or scale is None or q.dtype != torch.int8 or q.ndim != 3 or scale.ndim != 2 \
+            or tuple(scale.shape) != (q.shape[0], q.shape[2]) or not bool(torch.isfinite(scale.float()).all()):
+        raise ModelLoadError(f"{path}: int8 linear basis of shapes {None if q is None else list(q.shape)} / "
+                             f"{None if scale is None else list(scale.shape)}: expected int8 [N,K,F] and finite [N,F]")
+    out = {k: v for k, v in sd.items() if k not in _KEEP_DTYPE}
+    out["linear_basis"] = q.float() * scale.float()[:, None, :]
+    return out
+
+
 def _decoder_from_state(sd: dict, path: Path) -> FastAvatarDecoder:
+    sd = _dequantize_basis(sd, path)
     try:
         k = int(sd["gaussian_embeddings.weight"].shape[0])
         embed_dim = int(sd["gaussian_embeddings.weight"].shape[1])
