@@ -78,7 +78,7 @@ def main() -> None:
                 done[r["person"]] = r
     import subprocess
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or None
     rows = []
     scored = None

@@ -111,10 +111,33 @@ def test_refinement_lowers_the_photo_loss_and_cancel_leaves_avatar_unchanged(gen
     assert np.abs(avatar.gaussians.sh - before_sh).max() > 1e-3
     np.testing.assert_array_equal(avatar.code, before_code)
     # full mode (the paper's): the code and the whole decoder move together
-    generator.refine(avatar, image, 4, refine_size=96, mode="full", lr_code=1e-2, lr_decoder=2e-4)
+    generator.refine(avatar, image, 4, refine_size=96, mode="full", lr_code=1e-2, lr_decoder=2e-4, detail_steps=0)
     assert avatar.refined_steps == 16 and avatar.refine_mode == "full"
     assert avatar.refine_losses[-1] < avatar.refine_losses[0]
     assert not np.array_equal(avatar.code, before_code)
+
+
+def test_default_fit_schedule_follows_the_decoder(generator, astronaut):
+    """A decoder whose MLP adds nothing (default v2.1) spends every step after the camera warm-up
+    in the per-Gaussian detail stage: the code stays the feed-forward one while the avatar moves.
+    A trained MLP (default v1) keeps its decoder stage (a third in detail): the code moves."""
+    from fastavatar_engine.generate import AvatarGenerator
+    from fastavatar_engine.images import load_image
+
+    image = load_image(astronaut)
+    assert generator.model.decoder.conditioning_mlp.heads_zero()
+    avatar = generator.generate(image)
+    ff_code, ff_sh = avatar.code.copy(), avatar.gaussians.sh.copy()
+    generator.refine(avatar, image, 10, refine_size=96)
+    np.testing.assert_array_equal(avatar.code, ff_code)
+    k = len(ff_sh)  # rows past the template's are Gaussians the detail stage grew
+    assert avatar.gaussians.count >= k and np.abs(avatar.gaussians.sh[:k, 0] - ff_sh[:, 0]).max() > 1e-2
+    with AvatarGenerator(DEFAULT_MODEL_DIR.parent / "default_v1") as v1:
+        assert not v1.model.decoder.conditioning_mlp.heads_zero()
+        avatar = v1.generate(image)
+        ff_code = avatar.code.copy()
+        v1.refine(avatar, image, 10, refine_size=96)
+        assert np.abs(avatar.code - ff_code).max() > 1e-4
 
 
 def test_geometry_anchor_limits_drift_and_refine_from_code_matches(generator, astronaut):

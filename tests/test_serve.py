@@ -124,11 +124,13 @@ def test_malformed_and_oversized_frames_leave_the_engine_alive(engine):
 
 
 def test_refine_streams_progress_and_cancels(engine, astronaut):
-    _, code, _ = engine.generate(str(astronaut), refine_steps=0)
+    g0, code, _ = engine.generate(str(astronaut), refine_steps=0)
     events = []
     g, code2, header = engine.refine(code, str(astronaut), steps=3, progress=events.append)
     assert [e["step"] for e in events] == [1, 2, 3] and all(e["total"] == 3 for e in events)
-    assert header["refined_steps"] == 3 and not np.array_equal(code2, code)
+    # the default model's fit is per-Gaussian (its MLP is untrained): the Gaussians move, the code may stay
+    k = g0.count  # rows past the template's are Gaussians the fit grew
+    assert header["refined_steps"] == 3 and g.count >= k and np.abs(g.sh[:k, 0] - g0.sh[:, 0]).max() > 1e-3
     seen = []
 
     def cancel():
@@ -245,10 +247,11 @@ def test_generate_from_several_photos_fuses_the_codes(engine, astronaut, tmp_pat
     assert header["photos"] == [str(astronaut), str(flipped)] and len(g) == 10144
     with pytest.raises(EngineError, match="either 'image_paths' or one photo"):
         engine.request("generate", {"image_paths": [str(astronaut)], "image_path": str(astronaut)})
-    # refining the fused avatar fits both photos: the result names them and moves the code
+    # refining the fused avatar fits both photos: the result names them and moves the Gaussians
+    # (the default model's fit is per-Gaussian, its MLP untrained: the code stays)
     g2, refined, header2 = engine.refine(fused, image_paths=[str(astronaut), str(flipped)], steps=2)
     assert header2["photos"] == [str(astronaut), str(flipped)] and header2["refined_steps"] == 2
-    assert not np.array_equal(refined, fused) and "base_packed" in header2["arrays"]
+    assert np.abs(g2.sh[:10144, 0] - g.sh[:, 0]).max() > 1e-3 and "base_packed" in header2["arrays"]
 
 
 def test_refine_streams_live_previews_and_returns_the_base_decode(engine, model, astronaut):
@@ -258,7 +261,8 @@ def test_refine_streams_live_previews_and_returns_the_base_decode(engine, model,
     previews = []
     g, code2, header = engine.refine(code, str(astronaut), steps=4, preview_every=2,
                                      preview=lambda h, a: previews.append(a["packed"]))
-    assert len(previews) == 1 and previews[0].shape == (10144, 59)  # at step 2 (not at the end)
+    # at step 2 (not at the end); the detail stage's preview includes the Gaussians it grew
+    assert len(previews) == 1 and previews[0].shape[0] >= 10144 and previews[0].shape[1] == 59
     base = header["arrays"]["base_packed"]
     with torch.no_grad():
         plain = pack_gaussians(model.decode(code2).to_numpy())

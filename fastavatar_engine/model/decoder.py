@@ -82,15 +82,22 @@ class ConditioningMLP(nn.Module):
         """Each head's hidden layer (after its first Linear + ReLU), dict of [K, hidden]."""
         return {name: getattr(self, f"{name}_head")[1](getattr(self, f"{name}_head")[0](h)) for name in HEAD_DIMS}
 
+    def heads_zero(self) -> bool:
+        """True when every head's last Linear is exactly zero (weights and bias): the MLP adds
+        nothing to the residuals (an untrained MLP, as in default v2.1), whatever its gradients."""
+        return all(not torch.any(p) for p in self._last_params())
+
     def outputs_zero(self) -> bool:
-        """True when every head's last Linear is exactly zero (weights and bias) and none of them
-        takes gradients (or autograd is off): the heads then output 0 for any input and no
-        gradient can flow through them, so the MLP need not run (default v2.1 does not train it)."""
-        lasts = [getattr(self, f"{name}_head")[2] for name in HEAD_DIMS]
-        params = [p for m in lasts for p in (m.weight, m.bias)]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        """True when :meth:`heads_zero` and none of the last layers takes gradients (or autograd
+        is off): the heads then output 0 for any input and no gradient can flow through them, so
+        the MLP need not run."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self._last_params()):
             return False
-        return all(not torch.any(p) for p in params)
+        return self.heads_zero()
+
+    def _last_params(self) -> list[torch.Tensor]:
+        lasts = [getattr(self, f"{name}_head")[2] for name in HEAD_DIMS]
+        return [p for m in lasts for p in (m.weight, m.bias)]
 
     def forward_split(self, w: torch.Tensor, e: torch.Tensor) -> dict[str, torch.Tensor]:
         """Heads' raw outputs for code ``w`` [512] and embeddings ``e`` [K,32]: dict of [K,d]."""
