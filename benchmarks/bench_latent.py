@@ -14,7 +14,10 @@ head, at the fitted camera), with London's neutral photo and each ``faces`` pers
   renders of different people (identity collapse when it is not below ``own_mean``).
 * **Interpolation** of consecutive pairs of held-out London people (``fastavatar edit --mix``),
   amounts 0, 0.25 .. 1, rendered at A's camera: whether the similarity to A falls and to B rises
-  monotonically along the path.
+  monotonically along the path, with the feed-forward avatars (``interpolation``) and with the
+  avatars a user mixes (``interpolation_generate``), those of the default ``fastavatar generate
+  PHOTO`` (the likeness fit of ``--generate-fit`` steps; the mix fades each avatar's per-Gaussian
+  fit residual with its code).
 * **Smile** (``fastavatar edit --direction smile --strength 1``) on each held-out London person's
   feed-forward avatar, at the photo's camera: MediaPipe mouth-corner distance (61-291) over face
   width (234-454) before and after, and the change of the dlib similarity to the photo.
@@ -59,11 +62,37 @@ def coded(avatar):
     return CodedAvatar(avatar.gaussians, avatar.code, avatar.model_id, avatar.head, avatar.parents, avatar.metadata())
 
 
+def interpolation(gen, pairs, avatars) -> list[dict]:
+    """Per pair (A, B) of rows: ``fastavatar edit A --mix B --amount t`` for t in AMOUNTS, rendered at
+    A's camera; the dlib similarity of each render to A's and B's photo and whether the first
+    falls and the second rises monotonically."""
+    from fastavatar_engine.edit import edit_avatar
+    from fastavatar_engine.likeness import avatar_renders, render_embedding
+
+    out = []
+    for a, b in pairs:
+        A, B = avatars[a["person"]], avatars[b["person"]]
+        sa, sb = [], []
+        for t in AMOUNTS:
+            g, _, _, _ = edit_avatar(gen.model, coded(A), (), coded(B), t)
+            e = render_embedding(gen.front_end, gen.embedder, avatar_renders(g, A.camera, (0.0,))[0.0])
+            sa.append(None if e is None else round(float(e @ a["photo_embedding"]), 4))
+            sb.append(None if e is None else round(float(e @ b["photo_embedding"]), 4))
+        mono = None not in sa + sb and all(x >= y for x, y in zip(sa, sa[1:])) and all(
+            x <= y for x, y in zip(sb, sb[1:]))
+        out.append({"a": a["person"], "b": b["person"], "similarity_to_a": sa, "similarity_to_b": sb,
+                    "monotonic": bool(mono)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--weights", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--generate-fit", type=int, default=None,
+                    help="also interpolate the default Generate avatars, fitted this many steps "
+                         "(default: Generate's default; 0: feed-forward only)")
     args = ap.parse_args()
 
     import numpy as np
@@ -74,6 +103,10 @@ def main() -> None:
     from fastavatar_engine.likeness import avatar_renders, render_embedding
     from fastavatar_engine.train.people import held_out_entries
 
+    from fastavatar_engine.generate import DEFAULT_FIT_STEPS
+
+    if args.generate_fit is None:
+        args.generate_fit = DEFAULT_FIT_STEPS
     entries = [e for e in held_out_entries(args.data) if not e.name.endswith("-smiling")]
     rows, avatars = [], {}
     t_all = time.perf_counter()
@@ -90,7 +123,8 @@ def main() -> None:
             av = gen.generate(str(photo), refine_steps=0)
             ms = 1e3 * (time.perf_counter() - t)
             r0 = avatar_renders(av.gaussians, av.camera, (0.0,))[0.0]
-            row = {"person": e.person, "photo_embedding": gen.embedder.embed(img, max(faces, key=lambda f: f.area)),
+            row = {"person": e.person, "photo": photo,
+                   "photo_embedding": gen.embedder.embed(img, max(faces, key=lambda f: f.area)),
                    "render_embedding": render_embedding(gen.front_end, gen.embedder, r0), "generate_ms": round(ms, 1),
                    "attributes": e.attributes}
             if "smile" in lib and e.person.startswith("london"):
@@ -124,20 +158,15 @@ def main() -> None:
             base = None if r["render_embedding"] is None else float(r["render_embedding"] @ r["photo_embedding"])
             s["similarity_before"] = base
             s["similarity_drop"] = None if base is None or s["similarity_after"] is None else base - s["similarity_after"]
-        interp = []
         london = [r for r in ok if r["person"].startswith("london")]
-        for a, b in zip(london[0::2], london[1::2]):
-            A, B = avatars[a["person"]], avatars[b["person"]]
-            sa, sb = [], []
-            for t in AMOUNTS:
-                g, _, _, _ = edit_avatar(gen.model, coded(A), (), coded(B), t)
-                e = render_embedding(gen.front_end, gen.embedder, avatar_renders(g, A.camera, (0.0,))[0.0])
-                sa.append(None if e is None else round(float(e @ a["photo_embedding"]), 4))
-                sb.append(None if e is None else round(float(e @ b["photo_embedding"]), 4))
-            mono = None not in sa + sb and all(x >= y for x, y in zip(sa, sa[1:])) and all(
-                x <= y for x, y in zip(sb, sb[1:]))
-            interp.append({"a": a["person"], "b": b["person"], "similarity_to_a": sa, "similarity_to_b": sb,
-                           "monotonic": bool(mono)})
+        pairs = list(zip(london[0::2], london[1::2]))
+        interp = interpolation(gen, pairs, avatars)
+        fitted = {}
+        if args.generate_fit > 0:  # the user's path: two default Generate avatars, then --mix
+            for a, b in pairs:
+                for r in (a, b):
+                    fitted[r["person"]] = gen.generate(str(r["photo"]), refine_steps=args.generate_fit)
+        interp_fit = interpolation(gen, pairs, fitted) if fitted else []
     summary = {
         "model_id": gen.model.model_id, "held_out_people": len(ok),
         "feed_forward": {"rank1": round(float(np.mean(rank1)), 4), "faces_found": len(own),
@@ -145,6 +174,8 @@ def main() -> None:
                          "other_renders_mean": round(float(np.mean(other_r)), 4) if other_r else None,
                          "generate_ms_median": round(float(np.median([r["generate_ms"] for r in ok])), 1)},
         "interpolation": {"pairs": len(interp), "monotonic": sum(p["monotonic"] for p in interp), "paths": interp},
+        "interpolation_generate": {"fit_steps": args.generate_fit, "pairs": len(interp_fit),
+                                   "monotonic": sum(p["monotonic"] for p in interp_fit), "paths": interp_fit},
         "smile": None if not smile_rows else {
             "people": len(smile_rows),
             "mouth_change_mean": round(float(np.mean([r["smile"]["mouth_change"] for r in smile_rows])), 4),
