@@ -471,10 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     from .cli_edit import add_edit_parser
+    from .cli_expressions import add_expression_parsers
     from .cli_train import add_train_parser
 
     add_train_parser(sub)
     add_edit_parser(sub)
+    add_expression_parsers(sub)
     return p
 
 

@@ -290,11 +290,17 @@ class EngineClient:
         msg = self.request("generate", header, arrays, **kw)
         return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), _with_arrays(msg)
 
-    def decode(self, code, directions=None, amounts=None, tangents: bool = False, **kw):
+    def decode(self, code, directions=None, amounts=None, tangents: bool = False, head=None, expression=None, **kw):
         """(GaussianSet, effective code, result header) for code ``w`` (+ sum amounts_m directions_m).
         With ``tangents`` the header's ``arrays['tangents']`` is [M, N, 59]: d(packed Gaussians)/d(amount_m),
-        and ``arrays['curvatures']`` [M, N, 59] the secant second derivatives along each direction."""
+        and ``arrays['curvatures']`` [M, N, 59] the secant second derivatives along each direction.
+        ``head`` [100] identity coefficients and ``expression`` [53] ARKit coefficients in [0,1]:
+        the template on that head with that expression (not with ``tangents``)."""
         arrays = {"code": np.asarray(code, np.float32)}
+        if head is not None:
+            arrays["head"] = np.asarray(head, np.float32)
+        if expression is not None:
+            arrays["expression"] = np.asarray(expression, np.float32)
         header = {"tangents": True} if tangents else {}
         if directions is not None:
             arrays["directions"] = np.asarray(directions, np.float32)

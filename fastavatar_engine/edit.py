@@ -93,12 +93,13 @@ def library(model, extra=()) -> dict[str, Direction]:
     return out
 
 
-def _plain(model, code, head, count: int, parents) -> np.ndarray:
-    """[count, 59] packed decode of ``code`` on ``head``, grown rows taking their parent's."""
+def _plain(model, code, head, count: int, parents, expression=None) -> np.ndarray:
+    """[count, 59] packed decode of ``code`` on ``head`` (with ``expression`` [53], default the
+    rest expression), grown rows taking their parent's."""
     import torch
 
     with torch.no_grad():
-        p = pack_gaussians(model.decode(code, head).to_numpy())
+        p = pack_gaussians(model.decode(code, head, expression).to_numpy())
     if parents is not None and len(parents):
         if parents.max() >= len(p):
             raise EditError(f"grown Gaussians name parent {int(parents.max())}, the model has {len(p)} Gaussians")

@@ -215,13 +215,30 @@ class Engine:
         want_tangents = header.get("tangents", False)
         if not isinstance(want_tangents, bool) or (want_tangents and directions is None):
             raise RequestError("bad_request", "'tangents' must be true or false, and needs 'directions'")
+        head, expression = self._head_expression(arrays)
+        if want_tangents and (head is not None or expression is not None):
+            raise RequestError("bad_request", "'tangents' are of the model's own template: not with 'head'/'expression'")
         with torch.no_grad():
-            g = self.model.decode(w).to_numpy()
+            g = self.model.decode(w, head, expression).to_numpy()
         out = gaussian_arrays(g)
         out["code"] = w.astype(np.float32)
         if want_tangents:
             out["tangents"], out["curvatures"] = self._tangents(w, d, g)
         return {"model_id": self.model.model_id, "elapsed_ms": round(1e3 * (time.perf_counter() - t), 2)}, out
+
+    def _head_expression(self, arrays) -> tuple:
+        """(head [100] or None, expression [53] or None) of a decode request: optional arrays
+        ``head`` (identity coefficients, finite) and ``expression`` (53 ARKit coefficients in [0,1]);
+        with either, the template is bound to that head and expression (issue 22)."""
+        head, expression = arrays.get("head"), arrays.get("expression")
+        if head is not None and (head.shape != (100,) or not np.isfinite(head).all()):
+            raise RequestError("bad_request", f"'head' must be 100 finite identity coefficients, got {list(head.shape)}")
+        if expression is not None and (expression.shape != (53,) or not np.isfinite(expression).all()
+                                       or expression.min() < 0 or expression.max() > 1):
+            raise RequestError("bad_request", "'expression' must be 53 coefficients in [0, 1]")
+        if (head is not None or expression is not None) and self.model.head_template is None:
+            raise RequestError("bad_request", "this engine has no head model: 'head'/'expression' unavailable")
+        return head, expression
 
     def _tangents(self, w: np.ndarray, directions: np.ndarray, g) -> tuple[np.ndarray, np.ndarray]:
         """(tangents, curvatures), each [M, N, 59] float32, of the packed Gaussians at code ``w``

@@ -290,3 +290,23 @@ def test_client_reports_busy_while_a_request_is_in_flight(engine, astronaut):
     assert engine.busy  # the UI would defer its own requests now
     t.join(120)
     assert seen and all(seen) and not engine.busy
+
+
+def test_decode_carries_a_head_and_an_expression(engine, model, astronaut):
+    """The protocol's decode on the avatar's head with an expression (issue 22) equals the
+    in-process decode; malformed heads and expressions are refused with a clear message."""
+    _, code, header = engine.generate(str(astronaut), refine_steps=0)
+    head = header["arrays"]["head"]
+    e = np.zeros(53, np.float32)
+    e[26] = 0.8  # jawOpen
+    g, _, _ = engine.decode(code, head=head, expression=e)
+    with torch.no_grad():
+        ref = model.decode(code, head, e).to_numpy()
+        rest = model.decode(code, head).to_numpy()
+    np.testing.assert_allclose(g.means, ref.means, atol=1e-5)
+    assert np.abs(g.means - rest.means).max() > 5e-3  # the jaw moved
+    for kw, msg in ((dict(expression=np.full(53, 1.5, np.float32)), "in \\[0, 1\\]"),
+                    (dict(expression=np.zeros(7, np.float32)), "53 coefficients"),
+                    (dict(head=np.zeros(3, np.float32)), "100 finite")):
+        with pytest.raises(EngineError, match=msg):
+            engine.decode(code, **kw)

@@ -288,6 +288,26 @@ class FaceFrontEnd:
         self.timings = {"detect_ms": 1e3 * (t1 - t0), "mesh_ms": 1e3 * (t2 - t1)}
         return faces
 
+    def track(self, image, previous: Face | None = None) -> Face | None:
+        """The largest face of a video frame ``image`` ([H,W,3] uint8 RGB), or None. With the
+        ``previous`` frame's face, Face Mesh runs in the box of its landmarks first (no detector:
+        a face moves little between frames) and the full :meth:`detect` (without tiles) only
+        when that finds none."""
+        img, _ = as_rgb_image(image)
+        H, W = img.shape[:2]
+        if previous is not None:
+            lm = np.asarray(previous.landmarks, np.float64)[:468]
+            box = np.r_[lm.min(0), lm.max(0)]
+            mesh = self._mesh_in_box(img, box)
+            if mesh is not None:
+                xy, depth = mesh
+                lo, hi = xy[:468].min(0), xy[:468].max(0)
+                clipped = np.array([max(0.0, lo[0]), max(0.0, lo[1]), min(float(W), hi[0]), min(float(H), hi[1])])
+                return Face(box=clipped, score=previous.score, landmarks5=arcface5_from_mesh(xy), landmarks=xy,
+                            image_size=(W, H), landmarks_depth=depth)
+        faces = self.detect(img, tiles=False)
+        return faces[0] if faces else None
+
     def detect_one(self, image, index: int | None = None) -> Face:
         """:meth:`detect` then :func:`select_face` (largest face, or ``index``); errors name the file."""
         img, name = as_rgb_image(image)

@@ -146,12 +146,23 @@ class _Problem:
         return np.r_[np.pad(a, (0, NUM_IDENTITY - len(a))), b]
 
     def normals(self, V: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        T = self.tris
-        fn = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
-        vn = np.zeros_like(V)
-        for k in range(3):
-            np.add.at(vn, T[:, k], fn)
-        vn = vn[idx]
+        """[len(idx),3] unit vertex normals (area-weighted sum of the incident triangles' normals)
+        of the vertices ``idx`` on the mesh ``V`` [V,3]; only their triangles are evaluated."""
+        from scipy.sparse import csr_matrix
+
+        idx = np.asarray(idx)
+        key = idx.tobytes()
+        cache = self.__dict__.setdefault("_incidence", {})
+        if key not in cache:  # the triangles touching idx, and the [len(idx), their count] incidence
+            pos = np.full(len(V), -1, np.int64)
+            pos[idx] = np.arange(len(idx))
+            faces = np.nonzero((pos[self.tris] >= 0).any(1))[0]
+            rows, cols = pos[self.tris[faces]].ravel(), np.repeat(np.arange(len(faces)), 3)
+            keep = rows >= 0
+            cache[key] = (self.tris[faces], csr_matrix((np.ones(keep.sum()), (rows[keep], cols[keep])),
+                                                       shape=(len(idx), len(faces))))
+        T, A = cache[key]
+        vn = A @ np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
         return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
 
 
@@ -348,18 +359,20 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
                    reason=reason, seconds=time.perf_counter() - t0, fallback=init)
 
 
-def _assign(prob: _Problem, m: HeadModel, a, e, R, t, f: float, pp, uv, outline, scale: float):
+def _assign(prob: _Problem, m: HeadModel, a, e, R, t, f: float, pp, uv, outline, scale: float, V=None):
     """A round's assignments for one photo, at identity ``a`` [nid], expression ``e`` [53] and
     camera ``R`` [3,3], ``t`` [3], focal ``f`` and principal point ``pp`` (pixels): the fixed
     landmarks' visibility weights [L] (from their mesh normals), the contour landmarks' candidate
     vertices [len(CONTOUR)] (the nearest silhouette candidates in the image) and the mask
-    outline's (vertex ids, target x) (:func:`_silhouette_targets`; empty without a mask)."""
+    outline's (vertex ids, target x) (:func:`_silhouette_targets`; empty without a mask).
+    ``V``: the head's [V,3] vertices at ``a``, ``e`` when the caller has them (a tracker)."""
     import torch
 
     lm_B, c_B = prob.numpy_bases()
     c = np.r_[a, e]
-    full = prob.coeffs_full(a, e)
-    V = m.vertices(full[:NUM_IDENTITY], full[NUM_IDENTITY:])
+    if V is None:
+        full = prob.coeffs_full(a, e)
+        V = m.vertices(full[:NUM_IDENTITY], full[NUM_IDENTITY:])
     cam_c = -R.T @ t  # camera centre in the head frame
 
     def project(X):
@@ -393,29 +406,11 @@ def _lm_round(prob: _Problem, m: HeadModel, obs, fixed, vis_w, contour_idx, sil,
     import cv2
     import torch
 
-    from .lm import HeadProblem, PhotoTerms, solve
+    from .lm import HeadProblem, solve
 
     nid = prob.nid
-    lm_B, c_B = prob.numpy_bases()
-    terms = []
-    for p in range(len(obs)):
-        uv = obs[p].numpy()
-        ids, tx = sil[p]
-        ci = contour_idx[p]
-        X0 = [prob.lm_mean.numpy(), prob.c_mean.numpy()[ci]]
-        B = [lm_B, c_B[ci]]
-        target = [uv[fixed], uv[list(CONTOUR)]]
-        mask = [np.ones((len(fixed), 2)), np.ones((len(ci), 2))]
-        weight = [vis_w[p].numpy(), np.full(len(ci), CONTOUR_WEIGHT)]
-        if len(ids):
-            X0.append(prob.mean3[ids].numpy())
-            B.append(prob.modes3[:, ids].permute(1, 2, 0).numpy())
-            target.append(np.stack([tx.numpy(), np.zeros(len(ids))], 1))
-            mask.append(np.tile([1.0, 0.0], (len(ids), 1)))
-            weight.append(np.full(len(ids), SILHOUETTE_WEIGHT))
-        norm = float(vis_w[p].sum()) + CONTOUR_WEIGHT * len(ci) + SILHOUETTE_WEIGHT * len(ids)
-        terms.append(PhotoTerms(np.concatenate(X0), np.concatenate(B), np.concatenate(target), np.concatenate(mask),
-                                np.concatenate(weight), norm, scales[p] * LANDMARK_SIGMA, f0s[p], np.asarray(pps[p])))
+    terms = [photo_terms(prob, obs[p].numpy(), vis_w[p].numpy(), contour_idx[p], sil[p][0], sil[p][1].numpy(),
+                         scales[p], f0s[p], pps[p]) for p in range(len(obs))]
     problem = HeadProblem(terms, nid, DATA_WEIGHT, IDENTITY_WEIGHT, EXPRESSION_WEIGHT, 3.0)
     with torch.no_grad():
         rots = np.stack([cv2.Rodrigues(rvec[p].numpy())[0] for p in range(len(obs))])
@@ -425,6 +420,39 @@ def _lm_round(prob: _Problem, m: HeadModel, obs, fixed, vis_w, contour_idx, sil,
         exr.copy_(torch.as_tensor(ex))
         tvec.copy_(torch.as_tensor(tv))
         rvec.copy_(torch.as_tensor(np.stack([cv2.Rodrigues(R)[0][:, 0] for R in rots])))
+
+
+def photo_terms(prob: _Problem, uv: np.ndarray, vis_w: np.ndarray, contour_idx: np.ndarray, sil_ids: np.ndarray,
+                sil_x: np.ndarray, scale: float, f: float, pp, identity=None) -> "PhotoTerms":
+    """One photo's data terms (:class:`.lm.PhotoTerms`, coefficients identity first) for a round's
+    assignments (:func:`_assign`): landmarks ``uv`` [478,2] pixels, the fixed landmarks'
+    visibility weights ``vis_w`` [L], the contour landmarks' vertices ``contour_idx``, the mask
+    outline's vertex ids and target x (pixels), the face size ``scale`` (pixels), focal ``f`` and
+    principal point ``pp`` (pixels). ``identity`` [nid] given: it is baked into the points and
+    the terms' coefficients are the 53 expressions only (a problem with ``nid`` 0)."""
+    from .lm import PhotoTerms
+
+    lm_B, c_B = prob.numpy_bases()
+    fixed, ci = prob.fixed, contour_idx
+    X0 = [prob.lm_mean.numpy(), prob.c_mean.numpy()[ci]]
+    B = [lm_B, c_B[ci]]
+    if identity is not None:  # no mask outline in this case (a tracker has none)
+        a = np.asarray(identity, np.float64)
+        X0 = [x + b[..., :prob.nid] @ a for x, b in zip(X0, B)]
+        B = [b[..., prob.nid:] for b in B]
+        sil_ids = sil_ids[:0]
+    target = [uv[fixed], uv[list(CONTOUR)]]
+    mask = [np.ones((len(fixed), 2)), np.ones((len(ci), 2))]
+    weight = [np.asarray(vis_w, np.float64), np.full(len(ci), CONTOUR_WEIGHT)]
+    if len(sil_ids):
+        X0.append(prob.mean3[sil_ids].numpy())
+        B.append(prob.modes3[:, sil_ids].permute(1, 2, 0).numpy())
+        target.append(np.stack([np.asarray(sil_x, np.float64), np.zeros(len(sil_ids))], 1))
+        mask.append(np.tile([1.0, 0.0], (len(sil_ids), 1)))
+        weight.append(np.full(len(sil_ids), SILHOUETTE_WEIGHT))
+    norm = float(np.sum(vis_w)) + CONTOUR_WEIGHT * len(ci) + SILHOUETTE_WEIGHT * len(sil_ids)
+    return PhotoTerms(np.concatenate(X0), np.concatenate(B), np.concatenate(target), np.concatenate(mask),
+                      np.concatenate(weight), norm, scale * LANDMARK_SIGMA, f, np.asarray(pp, np.float64))
 
 
 def _outline(mask, face, scale: float):

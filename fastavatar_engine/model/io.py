@@ -86,12 +86,14 @@ class FastAvatarModel:
         self.encoder.eval()
         return self.encoder(e)
 
-    def decode(self, w, head=None) -> GaussianTensors:
+    def decode(self, w, head=None, expression=None) -> GaussianTensors:
         """Gaussians (head frame, metres) for code ``w``; differentiable when w or weights need grad.
 
         ``head``: None (the model's own template) or identity coefficients [100] of the head
-        model: the template bound to that person's head (:meth:`decoder_for`)."""
-        return self.decoder_for(head)(self.check_code(w))
+        model: the template bound to that person's head (:meth:`decoder_for`). ``expression``:
+        None (the template's rest expression) or the 53 ARKit coefficients in [0,1] (head model
+        order) the bound template takes; needs the head model."""
+        return self.decoder_for(head, expression)(self.check_code(w))
 
     @property
     def head_template(self):
@@ -108,20 +110,27 @@ class FastAvatarModel:
                 self.__dict__["_head_template"] = None
         return self.__dict__["_head_template"]
 
-    def decoder_for(self, head=None):
+    def decoder_for(self, head=None, expression=None):
         """The decoder whose template sits on the head with identity coefficients ``head`` [100]
-        (None or no head model: the decoder itself). Shares the weights; the deformed template
-        is cached for the last head asked for. Raises ``ValueError`` for a malformed ``head``."""
-        if head is None or self.head_template is None:
+        (None: the template's own identity) and expression coefficients ``expression`` [53]
+        (None: the rest expression); both None, or no head model and no expression: the decoder
+        itself. Shares the weights; the deformed template is cached for the last head and
+        expression asked for. Raises ``ValueError`` for malformed coefficients, or an expression
+        without the head model."""
+        if expression is None and (head is None or self.head_template is None):
             return self.decoder
-        key = np.asarray(head, dtype=np.float64).ravel()
+        if self.head_template is None:
+            raise ValueError("expressions need the head model (fastavatar_engine/data/ict_head.safetensors)")
+        key = (None if head is None else np.asarray(head, dtype=np.float64).ravel(),
+               None if expression is None else np.asarray(expression, dtype=np.float64).ravel())
         cached = self.__dict__.get("_head_decoder")
-        if cached is not None and cached[0].shape == key.shape and np.array_equal(cached[0], key) \
-                and cached[1] is self.decoder:
+        if cached is not None and cached[1] is self.decoder and all(
+                (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
+                                              and np.array_equal(a, b)) for a, b in zip(cached[0], key)):
             return cached[2]
-        mu, ls, rot = self.head_template.deform(identity=key)
+        mu, ls, rot = self.head_template.deform(identity=key[0], expression=key[1])
         dec = self.decoder.with_base(mu, ls, rot)
-        self.__dict__["_head_decoder"] = (key.copy(), self.decoder, dec)
+        self.__dict__["_head_decoder"] = (tuple(None if k is None else k.copy() for k in key), self.decoder, dec)
         return dec
 
     # ------------------------------------------------------------------ our bundle
