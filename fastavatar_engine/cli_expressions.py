@@ -78,12 +78,13 @@ def cmd_animate(args) -> int:
     from .animate import AnimateError, animate
     from .cli_errors import CliError
     from .edit import EditError, read_coded_avatar
-    from .expressions.sequence import ExpressionFileError, ExpressionSequence
+    from .expressions import load_expressions
+    from .expressions.sequence import ExpressionFileError
     from .model.io import FastAvatarModel
 
     try:
         avatar = read_coded_avatar(args.avatar)
-        seq = ExpressionSequence.load(args.expressions)
+        seq = load_expressions(args.expressions)
         model = FastAvatarModel.load(args.weights)
         report = _progress("animate")
         paths = animate(model, avatar, seq, args.output, size=args.size, ply=args.ply,

@@ -81,6 +81,9 @@ def test_arkit_live_link_face_csv(tmp_path):
     p.write_text(head + "".join(rows))
     s = read_arkit_csv(p)
     assert s.num_frames == 3 and s.fps == 60.0 and s.names == NAMES
+    from fastavatar_engine.expressions import load_expressions
+
+    np.testing.assert_array_equal(load_expressions(p).coefficients, s.coefficients)  # what animate reads
     c = s.coefficients
     assert c[2, NAMES.index("eyeBlink_L")] == pytest.approx(0.2) and c[2, NAMES.index("eyeBlink_R")] == 0
     assert c[0, NAMES.index("browInnerUp_L")] == c[0, NAMES.index("browInnerUp_R")] == 0.5  # ARKit's one shape

@@ -7,3 +7,15 @@
 """
 
 from .sequence import ExpressionFileError, ExpressionSequence  # noqa: F401
+
+
+def load_expressions(path) -> ExpressionSequence:
+    """An expression sequence from ``path``: a Live Link Face ``.csv`` (:func:`.arkit.read_arkit_csv`)
+    or our JSON file. Raises :class:`ExpressionFileError` for an unreadable or malformed file."""
+    from pathlib import Path
+
+    if Path(path).suffix.lower() == ".csv":
+        from .arkit import read_arkit_csv
+
+        return read_arkit_csv(path)
+    return ExpressionSequence.load(path)

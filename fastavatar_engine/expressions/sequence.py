@@ -195,13 +195,10 @@ class ExpressionSequence:
 
     @classmethod
     def load(cls, path) -> "ExpressionSequence":
-        """Read a JSON expression file (or an ARKit CSV, :func:`.arkit.read_arkit_csv`). Raises
-        :class:`ExpressionFileError` for an unreadable or malformed file."""
+        """Read a JSON expression file (:func:`fastavatar_engine.expressions.load_expressions`
+        reads an ARKit CSV too). Raises :class:`ExpressionFileError` for an unreadable or
+        malformed file."""
         path = Path(path)
-        if path.suffix.lower() == ".csv":
-            from .arkit import read_arkit_csv
-
-            return read_arkit_csv(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
