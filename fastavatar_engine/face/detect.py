@@ -110,6 +110,14 @@ def select_face(faces: list[Face], index: int | None = None, image_name: str | N
 
 
 # --------------------------------------------------------------------------- front end
+def _face(mesh, box, score: float, W: int, H: int) -> Face:
+    """A :class:`Face` from Face Mesh's ``(landmarks [478,2], depth [478])`` and a box clipped to the image."""
+    xy, depth = mesh
+    clipped = np.array([max(0.0, box[0]), max(0.0, box[1]), min(float(W), box[2]), min(float(H), box[3])])
+    return Face(box=clipped, score=score, landmarks5=arcface5_from_mesh(xy), landmarks=xy, image_size=(W, H),
+                landmarks_depth=depth)
+
+
 class FaceFrontEnd:
     """MediaPipe face detection + 478-point Face Mesh per detection, and ArcFace alignment.
 
@@ -279,10 +287,7 @@ class FaceFrontEnd:
             mesh = self._mesh_in_box(img, box)
             if mesh is None:
                 continue
-            xy, depth = mesh
-            clipped = np.array([max(0.0, box[0]), max(0.0, box[1]), min(float(W), box[2]), min(float(H), box[3])])
-            faces.append(Face(box=clipped, score=score, landmarks5=arcface5_from_mesh(xy), landmarks=xy,
-                              image_size=(W, H), landmarks_depth=depth))
+            faces.append(_face(mesh, box, score, W, H))
         t2 = time.perf_counter()
         faces.sort(key=lambda f: -f.area)
         self.timings = {"detect_ms": 1e3 * (t1 - t0), "mesh_ms": 1e3 * (t2 - t1)}
@@ -299,12 +304,8 @@ class FaceFrontEnd:
             lm = np.asarray(previous.landmarks, np.float64)[:468]
             box = np.r_[lm.min(0), lm.max(0)]
             mesh = self._mesh_in_box(img, box)
-            if mesh is not None:
-                xy, depth = mesh
-                lo, hi = xy[:468].min(0), xy[:468].max(0)
-                clipped = np.array([max(0.0, lo[0]), max(0.0, lo[1]), min(float(W), hi[0]), min(float(H), hi[1])])
-                return Face(box=clipped, score=previous.score, landmarks5=arcface5_from_mesh(xy), landmarks=xy,
-                            image_size=(W, H), landmarks_depth=depth)
+            if mesh is not None:  # no detector box: the new landmarks' own box
+                return _face(mesh, np.r_[mesh[0][:468].min(0), mesh[0][:468].max(0)], previous.score, W, H)
         faces = self.detect(img, tiles=False)
         return faces[0] if faces else None
 

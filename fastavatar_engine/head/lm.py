@@ -128,12 +128,12 @@ class HeadProblem:
 
 
 def solve(problem: HeadProblem, a, rots, tvecs, exprs, iterations: int = 10, fit_expressions: bool = True,
-          fit_shape: bool = True, tol: float = 1e-7, fit_identity: bool = True):
+          fit_shape: bool = True, tol: float = 1e-7):
     """Projected Levenberg–Marquardt from the given parameters; returns the improved
     ``(a [nid], rots [P,3,3], tvecs [P,3], exprs [P,53], value)``. Expressions stay in [0, 1]: a
     coefficient at a bound whose gradient points outwards is held there for the step, the others
-    are clipped. ``fit_shape`` False holds identity and expressions (a rigid camera fit);
-    ``fit_identity`` False holds only the identity (tracking a known head)."""
+    are clipped. ``fit_shape`` False holds identity and expressions (a rigid camera fit); a known
+    head is tracked with ``nid`` 0 and the identity baked into the terms (:mod:`.track`)."""
     a, rots, tvecs, exprs = (np.array(x, np.float64) for x in (a, rots, tvecs, exprs))
     nid, P = problem.nid, problem.P
     n_loc = 6 + exprs.shape[1]
@@ -142,7 +142,7 @@ def solve(problem: HeadProblem, a, rots, tvecs, exprs, iterations: int = 10, fit
     for _ in range(iterations):
         H, g = problem.normal_equations(a, rots, tvecs, exprs)
         free = np.ones(len(g), bool)
-        if not (fit_shape and fit_identity):
+        if not fit_shape:
             free[:nid] = False
         for p in range(P):
             sl = slice(nid + p * n_loc + 6, nid + (p + 1) * n_loc)
