@@ -4,7 +4,7 @@
     python benchmarks/bench_track.py --photo ../shared/data/london/neutral/003_03.jpg --clips 3
 
 * **Round trip**: the avatar of ``--photo`` (default Generate) rendered at a frontal camera with
-  known expression coefficients (jaw, blinks, inner brows, smile) and head poses (yaw +-15, pitch
+  known expression coefficients (relative to its own expression, as ``fastavatar animate`` drives it) (jaw, blinks, inner brows, smile) and head poses (yaw +-15, pitch
   +-8, roll +-5 degrees) over 60 frames, then ``fastavatar track``'s tracker on the renders with
   the avatar's head: RMS error per driven coefficient and over the jaw, mouth, blink and brow
   coefficients, and the head rotation error (the tracker's reference camera differs from the
@@ -51,10 +51,11 @@ def mouth_eyes(front_end, img):
 
 
 def round_trip(gen, av, frames: int = 60, size: int = 320) -> dict:
-    import torch
     from scipy.spatial.transform import Rotation
 
+    from fastavatar_engine.animate import expression_delta
     from fastavatar_engine.cameras import intrinsics, orbit_c2w
+    from fastavatar_engine.gaussians import pack_gaussians, unpack_gaussians
     from fastavatar_engine.expressions.video import track
     from fastavatar_engine.render import render_to_uint8
 
@@ -72,13 +73,13 @@ def round_trip(gen, av, frames: int = 60, size: int = 320) -> dict:
         E[:, names.index("mouthSmile" + side)] = 0.6 * wave(2.4, 1.2)
     ypr = np.stack([15 * np.sin(2 * np.pi * t / 2.4), 8 * np.sin(2 * np.pi * t / 1.6), 5 * np.sin(2 * np.pi * t / 3)], 1)
     imgs, Ms = [], []
+    base = pack_gaussians(av.gaussians)
     for k in range(frames):
         M = np.eye(4)
         M[:3, :3] = Rotation.from_euler("yxz", ypr[k], degrees=True).as_matrix()
         M[:3, 3] = ctr - M[:3, :3] @ ctr  # about the face's centre
         Ms.append(M)
-        with torch.no_grad():
-            g = gen.model.decode(torch.as_tensor(av.code), av.head, E[k])
+        g = unpack_gaussians(base + expression_delta(gen.model, av.code, av.head, E[k], av.parents))
         imgs.append(render_to_uint8(g, np.linalg.inv(M) @ c2w, K, size, size))
     seq = track(imgs, identity=av.head, fps=25, smooth=0.0)
     C = seq.coefficients

@@ -6,7 +6,8 @@ by :mod:`.engine` (torch never enters Blender's process); the Gaussians come bac
 pipe protocol and become an avatar object (:mod:`.avatar`). With an avatar active the tab offers
 **Refine**, **Interpolate Avatars**, direction sliders with *Add Direction*, **Train Direction**
 and *Direction from Photos* (:mod:`.editing` explains how edits, blends and refinements are
-stored and kept up to date on the timeline). Engine work runs off the main thread in the UI
+stored and kept up to date on the timeline), and an *Expressions* subpanel: 53 keyable ARKit
+sliders and **Drive from Video** (:mod:`.expressions`). Engine work runs off the main thread in the UI
 (modal operators, progress in the status bar and the panel, Esc or Cancel leaves the scene as it
 was) and synchronously in background mode. Every operator that changes the scene is undoable.
 
@@ -25,11 +26,11 @@ from bpy.props import PointerProperty
 
 from . import editing, engine, operators
 from .preferences import FASTAVATAR_AP_preferences
-from .properties import FastAvatarEdit, FastAvatarObjectProps, FastAvatarSceneProps
-from .ui import FASTAVATAR_PT_main
+from .properties import FastAvatarEdit, FastAvatarExpression, FastAvatarObjectProps, FastAvatarSceneProps
+from .ui import FASTAVATAR_PT_expressions, FASTAVATAR_PT_main
 
-_CLASSES = (FASTAVATAR_AP_preferences, FastAvatarEdit, FastAvatarObjectProps, FastAvatarSceneProps,
-            *operators.CLASSES, FASTAVATAR_PT_main)
+_CLASSES = (FASTAVATAR_AP_preferences, FastAvatarEdit, FastAvatarExpression, FastAvatarObjectProps,
+            FastAvatarSceneProps, *operators.CLASSES, FASTAVATAR_PT_main, FASTAVATAR_PT_expressions)
 
 
 #: Whether :func:`register` ran without a matching :func:`unregister` (both may be called twice:

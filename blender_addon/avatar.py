@@ -180,6 +180,39 @@ def write_packed(mesh, packed: np.ndarray) -> None:
     mesh.update()
 
 
+def write_packed_columns(mesh, packed: np.ndarray, columns) -> None:
+    """Write only the packed ``columns`` (indices into :data:`PACKED_COLUMNS`) of ``packed`` [N, 59]
+    to an avatar that already has N splats and every attribute (the face rig's previews move
+    means, log-scales and rotations only). Raises ValueError for another splat count."""
+    p = np.asarray(packed, np.float32)
+    cols = sorted({int(c) for c in columns})
+    if p.ndim != 2 or p.shape[1] != len(PACKED_COLUMNS) or splat_count(mesh) != len(p):
+        raise ValueError(f"packed Gaussians must be [{splat_count(mesh)}, {len(PACKED_COLUMNS)}], got {list(p.shape)}")
+    names = [PACKED_COLUMNS[c] for c in cols if c >= 3]
+    if is_splat_cloud(mesh):
+        native = _native_columns(p)  # cheap next to the attribute writes; keeps one conversion
+        wanted = {"position"} if any(c < 3 for c in cols) else set()
+        wanted |= {"scale"} if any(n.startswith("scale_") for n in names) else set()
+        wanted |= {"rotation"} if any(n.startswith("rot_") for n in names) else set()
+        if any(n == "opacity" or n.startswith("f_dc_") for n in names):
+            wanted.add("radiance:base")
+        if any(n.startswith("f_rest_") for n in names):
+            wanted |= {f"radiance:sh_{k}" for k in range(15)}
+        for name in wanted:
+            data_type, key = NATIVE_ATTRIBUTES[name]
+            _attribute(mesh, name, data_type).data.foreach_set(key, native[name].ravel())
+        own = [n for n in names if n in OWN_COLUMNS]
+        if own:
+            write_float_attributes(mesh, own, p[:, [_COL[n] for n in own]])
+        mesh.update_tag()
+        return
+    if any(c < 3 for c in cols):
+        mesh.vertices.foreach_set("co", np.ascontiguousarray(p[:, :3]).ravel())
+    if names:
+        write_float_attributes(mesh, names, p[:, [_COL[n] for n in names]])
+    mesh.update()
+
+
 def read_packed(mesh) -> np.ndarray:
     """[N, 59] float32: the mesh's Gaussians in the packed layout (inverse of :func:`write_packed`).
     Raises KeyError naming a missing attribute."""

@@ -53,6 +53,7 @@ from fastavatar_engine.gaussians import PACKED_COLUMNS, pack_gaussians, unpack_g
 
 from . import avatar as avatar_mod
 from . import engine
+from . import expressions as expr_mod
 from .avatar import read_packed, write_packed  # noqa: F401 (the editing API works on packed arrays)
 
 DIRECTIONS_KEY = "fastavatar_directions"
@@ -272,14 +273,26 @@ def _parents(state: EditState) -> np.ndarray:
 
 
 def parameters(obj) -> tuple:
-    """The animatable parameters of ``obj`` (edit amounts, then the mix of a blend)."""
+    """The animatable parameters of ``obj`` (edit amounts, then the mix of a blend, then the 53
+    expression coefficients of an avatar with a face rig, :mod:`.expressions`)."""
     vals = tuple(float(e.amount) for e in obj.fastavatar.edits)
-    return vals + ((float(obj.fastavatar.mix),) if is_blend(obj) else ())
+    vals += (float(obj.fastavatar.mix),) if is_blend(obj) else ()
+    return vals + (tuple(expr_mod.values(obj).tolist()) if _has_rig(obj) else ())
+
+
+def _has_rig(obj) -> bool:
+    return expr_mod.effective_head(obj) is not None
+
+
+def _edit_count(obj) -> int:
+    return len(obj.fastavatar.edits) + (1 if is_blend(obj) else 0)
 
 
 def _structure_key(obj) -> tuple:
     """What the tangents depend on besides the parameters: directions, inputs and their state."""
-    key = (tuple(e.name for e in obj.fastavatar.edits), tuple(avatar_mod.get_code(obj)[:4].tolist()))
+    head = expr_mod.get_head(obj)
+    key = (tuple(e.name for e in obj.fastavatar.edits), tuple(avatar_mod.get_code(obj)[:4].tolist()),
+           None if head is None else tuple(head[:4].tolist()))
     if is_blend(obj):
         a, b = obj.fastavatar.blend_a, obj.fastavatar.blend_b
         key += (a.name, b.name, parameters(a), parameters(b),
@@ -295,7 +308,7 @@ def exact_packed(obj, tangents: bool = False):
     arrays are copied (exact endpoints)."""
     p = obj.fastavatar
     if (not tangents and is_blend(obj) and p.mix in (0.0, 1.0)
-            and not any(e.amount for e in p.edits)):
+            and not any(e.amount for e in p.edits) and not (_has_rig(obj) and expr_mod.values(obj).any())):
         return read_packed((p.blend_a if p.mix == 0.0 else p.blend_b).data), None
     return _exact_from_snapshot(_snapshot(obj), tangents)
 
@@ -306,7 +319,8 @@ def update_exact(obj, tangents: bool = False) -> None:
     write_packed(obj.data, packed)
     params = parameters(obj)
     _cache[obj.session_uid] = {"params": params, "key": _structure_key(obj), "packed": packed,
-                               "tangents": tans, "shown": params, "changed": time.monotonic(), "exact": True}
+                               "tangents": tans, "shown": params, "changed": time.monotonic(), "exact": True,
+                               "shown_rig_only": True}
 
 
 def update_preview(obj) -> bool:
@@ -319,12 +333,25 @@ def update_preview(obj) -> bool:
     if params == c["shown"]:
         return True
     delta = np.asarray(params, np.float32) - np.asarray(c["params"], np.float32)
-    tangents, curvatures = c["tangents"]
+    tangents, curvatures, rig = c["tangents"]
+    k = len(tangents)
+    dp, de = delta[:k], delta[k:]
+    if np.any(de) and rig is None:
+        return False
     packed = c["packed"]
-    if np.any(delta):  # quadratic model along each parameter (cross terms left to the exact refresh)
-        packed = packed + np.tensordot(delta, tangents, axes=1) + np.tensordot(0.5 * delta * delta, curvatures, axes=1)
-    write_packed(obj.data, packed)
-    c.update(shown=params, changed=time.monotonic(), exact=not np.any(delta))
+    if np.any(dp):  # quadratic model along each parameter (cross terms left to the exact refresh)
+        packed = packed + np.tensordot(dp, tangents, axes=1) + np.tensordot(0.5 * dp * dp, curvatures, axes=1)
+    if np.any(de):  # the linear face rig (one secant per expression shape)
+        cols, change = expr_mod.preview_delta(rig, de)
+        packed = packed.copy() if packed is c["packed"] else packed
+        packed[:, cols] += change
+        if not np.any(dp) and c.get("shown_rig_only"):
+            avatar_mod.write_packed_columns(obj.data, packed, cols)  # only what the rig moves
+        else:
+            write_packed(obj.data, packed)
+    else:
+        write_packed(obj.data, packed)
+    c.update(shown=params, changed=time.monotonic(), exact=not np.any(delta), shown_rig_only=not np.any(dp))
     return True
 
 
@@ -335,8 +362,17 @@ def needs_update(obj) -> bool:
 
 
 def editable(obj) -> bool:
-    """Whether ``obj`` is an avatar with sliders or a blend (something parameters drive)."""
-    return avatar_mod.is_avatar(obj) and (len(obj.fastavatar.edits) > 0 or is_blend(obj))
+    """Whether ``obj`` is an avatar with sliders, a blend, or a face rig with an expression set or
+    shown (something parameters drive)."""
+    if not avatar_mod.is_avatar(obj):
+        return False
+    if len(obj.fastavatar.edits) > 0 or is_blend(obj):
+        return True
+    if not _has_rig(obj):
+        return False
+    c = _cache.get(obj.session_uid)
+    return bool(expr_mod.values(obj).any() or (c is not None and c.get("params") and any(c["params"]))
+                or (c is not None and c.get("shown") and any(c["shown"])))
 
 
 def refresh(obj, interactive: bool) -> None:
@@ -484,8 +520,9 @@ def _snapshot(obj) -> dict:
     if st.mix_row is not None:
         rows.append(st.mix_row)
         amts.append(0.0)
+    head = expr_mod.effective_head(obj)
     return {"base": st.base, "rows": rows, "amounts": amts, "residual": st.residual, "mix_extra": st.mix_residual,
-            "parents": st.parents}
+            "parents": st.parents, "head": head, "expression": expr_mod.values(obj) if head is not None else None}
 
 
 def _exact_from_snapshot(s: dict, tangents: bool = True):
@@ -507,6 +544,20 @@ def _exact_from_snapshot(s: dict, tangents: bool = True):
         packed = packed + s["residual"]
     if tans is not None and s["mix_extra"] is not None:
         tans[0][-1] = tans[0][-1] + s["mix_extra"]  # the residual mixes linearly
+    head = s.get("head")
+    if head is not None:  # the face rig: the expression's exact change, and the linear rig for previews
+        code = s["base"] + (np.asarray(s["amounts"], np.float32) @ np.stack(s["rows"]) if s["rows"] else 0)
+        delta, rig = expr_mod.exact_delta(client, code, head, s["expression"], basis=tangents)
+        if delta is not None:
+            packed = packed + expand_to_parents(delta, parents)
+        if tangents:
+            if tans is None:
+                empty = np.zeros((0,) + packed.shape, np.float32)
+                tans = (empty, empty)
+            rig = (expand_to_parents(rig[0], parents, axis=1), rig[1])
+            tans = (*tans, rig)
+    elif tans is not None:
+        tans = (*tans, None)
     return packed, tans
 
 
@@ -618,6 +669,8 @@ def apply_refined(obj, result) -> None:
     base = header["arrays"]["base_packed"]
     obj[avatar_mod.CODE_KEY] = [float(v) for v in np.asarray(code, np.float32)]
     set_parents(obj, header["arrays"].get("parents"))
+    if header["arrays"].get("head") is not None:
+        expr_mod.set_head(obj, header["arrays"]["head"])
     write_packed(obj.data, packed)  # first: a new splat count (grown Gaussians) resizes the data
     set_residual(obj.data, packed - base)
     obj.fastavatar.refined_steps += int(header.get("refined_steps", 0))

@@ -13,12 +13,30 @@ from bpy.props import (
 )
 
 from . import avatar as avatar_mod
-from . import editing
+from . import editing, expressions
 from .direction_library import direction_items
 
 
 def _param_update(self, context):
     editing.on_parameter_changed(self.id_data)
+
+
+def _expression_update(self, context):
+    if not expressions.suspended():
+        editing.on_parameter_changed(self.id_data)
+
+
+def _expression_group():
+    """The ``FastAvatarExpression`` property group: one keyframable float in [0, 1] per ARKit
+    expression name (:data:`expressions.EXPRESSION_NAMES`)."""
+    ann = {name: FloatProperty(name=name, default=0.0, min=0.0, max=1.0, update=_expression_update,
+                               description=f"ARKit expression {name} (0: rest, 1: full; keyframable)")
+           for name in expressions.EXPRESSION_NAMES}
+    return type("FastAvatarExpression", (bpy.types.PropertyGroup,),
+                {"__annotations__": ann, "__doc__": "The avatar's 53 expression coefficients (ARKit names)."})
+
+
+FastAvatarExpression = _expression_group()
 
 
 def _is_avatar_poll(self, obj):
@@ -50,6 +68,7 @@ class FastAvatarObjectProps(bpy.types.PropertyGroup):
     face_index: IntProperty(name="Face Index", default=-1)
     refined_steps: IntProperty(name="Refined Steps", default=0)
     camera_json: StringProperty(name="Camera", description="Estimated photo camera (JSON, head frame)")
+    expression: PointerProperty(type=FastAvatarExpression)
 
 
 #: Generate Avatar's default likeness fit, the engine's ``generate.DEFAULT_FIT_STEPS`` (the add-on
@@ -83,3 +102,14 @@ class FastAvatarSceneProps(bpy.types.PropertyGroup):
                                  ("smile", "Smile", "Mouth width / eye-corner distance, from landmarks")],
                           description="Expression computed from each photo's landmarks; photos above the "
                                       "median are labelled as having it")
+    drive_source: StringProperty(name="Performance", subtype="FILE_PATH",
+                                 description="A video, a folder of frames, an iPhone Live Link Face CSV or an "
+                                             "expressions JSON (fastavatar track) to drive the avatar with")
+    drive_same_person: BoolProperty(name="Video Shows This Person", default=False,
+                                    description="Hold the avatar's own head shape while tracking (only when the "
+                                                "video shows the avatar's person; otherwise the speaker's head is "
+                                                "fitted from the first frames)")
+    drive_pose: BoolProperty(name="Head Motion", default=True,
+                             description="Also key the tracked head rotation and translation on the object")
+    drive_smooth: FloatProperty(name="Smoothing", default=1.0, min=0.0, max=50.0,
+                                description="Temporal smoothing, Gaussian sigma in video frames (0: off)")

@@ -8,7 +8,8 @@ from pathlib import Path
 import bpy
 
 from . import avatar as avatar_mod
-from . import editing, engine
+from . import editing, engine, expressions
+from .operators.drive import FASTAVATAR_OT_clear_performance, FASTAVATAR_OT_drive, FASTAVATAR_OT_reset_expression
 from .operators.directions import (
     FASTAVATAR_OT_add_all_directions, FASTAVATAR_OT_add_direction, FASTAVATAR_OT_direction_from_photos,
     FASTAVATAR_OT_remove_direction, FASTAVATAR_OT_train_direction,
@@ -99,3 +100,45 @@ class FASTAVATAR_PT_main(bpy.types.Panel):
         t.prop(settings, "photos_dir")
         t.prop(settings, "measure")
         t.operator(FASTAVATAR_OT_direction_from_photos.bl_idname, icon="IMAGE_DATA")
+
+
+class FASTAVATAR_PT_expressions(bpy.types.Panel):
+    """The active avatar's face rig: *Drive from Video* and the 53 keyable expression sliders,
+    grouped (brows, eyes, jaw, mouth, cheeks, nose)."""
+
+    bl_label = "Expressions"
+    bl_idname = "FASTAVATAR_PT_expressions"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "FastAvatar"
+    bl_parent_id = "FASTAVATAR_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return avatar_mod.is_avatar(context.active_object)
+
+    def draw(self, context):
+        obj, settings = context.active_object, context.scene.fastavatar
+        col = self.layout.column()
+        if expressions.effective_head(obj) is None:
+            col.label(text="No face rig: made before the head model", icon="INFO")
+            col.label(text="Generate the avatar again to drive it")
+            return
+        d = col.box()
+        d.prop(settings, "drive_source")
+        row = d.row()
+        row.prop(settings, "drive_same_person")
+        row.prop(settings, "drive_pose")
+        d.prop(settings, "drive_smooth")
+        d.operator(FASTAVATAR_OT_drive.bl_idname, icon="FILE_MOVIE")
+        row = col.row(align=True)
+        row.operator(FASTAVATAR_OT_reset_expression.bl_idname, icon="LOOP_BACK")
+        row.operator(FASTAVATAR_OT_clear_performance.bl_idname, icon="TRASH")
+        e = obj.fastavatar.expression
+        for label, names in expressions.grouped():
+            box = col.box()
+            box.label(text=label)
+            grid = box.grid_flow(row_major=True, columns=2, even_columns=True, align=True)
+            for name in names:
+                grid.prop(e, name, slider=True)

@@ -1,16 +1,20 @@
 """An avatar driven by an expression sequence: ``fastavatar animate`` (and the engine's decode).
 
-Frame k of a sequence (:class:`~fastavatar_engine.expressions.ExpressionSequence`) is the avatar's
-code decoded on its head with the frame's 53 expression coefficients (the template bound to the
-head model follows the expression, :mod:`fastavatar_engine.head.template`), plus what refinement
-added to the avatar as a per-Gaussian residual (as :mod:`fastavatar_engine.edit` keeps it under
-latent edits; grown Gaussians take their parent's decode), moved by the frame's head pose::
+**Expression coefficients are relative to the avatar's own expression.** The template was bound
+to the head model at its *rest expression* ``e_rest`` (the ICT fit of the template's own
+landmarks, :mod:`fastavatar_engine.head.template`: not zero, e.g. eyeWide 1.0, browDown 0.4-0.5),
+and an avatar shows that rest. Coefficients ``e`` [53] in [0, 1] (a tracked performance after its
+neutral calibration, an iPhone ARKit recording, Blender's sliders) say how far each shape moves
+the face *from there*: 0 everywhere is the avatar as generated, and only the shapes set move::
 
-    R   = G_avatar - decode(w, head)
-    G_k = M_k (decode(w, head, e_k) + R)
+    D(e) = decode(w, head, e_rest + e) - decode(w, head, e_rest)      (expression_delta)
+    G_k  = M_k (G_avatar + D(e_k))
 
-``M_k`` (head frame, metres) rigidly moves means and rotations. Rendering G_k at the avatar's
-photo camera is rendering ``decode(...) + R`` at ``M_k^-1 c2w`` (what :func:`animate` does).
+``G_avatar`` keeps everything refinement and the likeness fit added; grown Gaussians move with
+their template parent. ``M_k`` (head frame, metres) rigidly moves means and rotations; rendering
+``G_k`` at the avatar's photo camera is rendering ``G_avatar + D(e_k)`` at ``M_k^-1 c2w`` (what
+:func:`animate` does). Blender's face rig adds the same ``D`` (the engine's ``expression``
+request, :mod:`fastavatar_engine.serve_expressions`).
 """
 
 from __future__ import annotations
@@ -41,25 +45,75 @@ class Animator:
         if avatar.model_id != model.model_id:
             raise AnimateError(f"the avatar was made by model {avatar.model_id!r}, not {model.model_id!r}")
         self.model, self.avatar = model, avatar
-        packed = pack_gaussians(avatar.gaussians)
+        self.packed = pack_gaussians(avatar.gaussians)
         try:
-            self.residual = packed - _plain(model, avatar.code, avatar.head, len(packed), avatar.parents)
+            _plain(model, avatar.code, avatar.head, len(self.packed), avatar.parents)  # the model decodes its rows
         except EditError as exc:
             raise AnimateError(str(exc)) from None
 
     def gaussians(self, expression, pose=None) -> GaussianSet:
-        """The avatar with ``expression`` [53] (ARKit, head model order, in [0,1]) and, when given,
-        the head pose ``pose`` [4,4] applied (head frame, metres). Raises ``ValueError`` for a
-        malformed expression."""
-        from .edit import _plain
-
-        e = np.asarray(expression, np.float64).ravel()
-        if e.size != 53 or not np.isfinite(e).all():
-            raise ValueError(f"expression: expected 53 finite coefficients, got {e.size}")
+        """The avatar with ``expression`` [53] (ARKit, head model order, in [0,1], relative to the
+        avatar's own expression: module docstring) and, when given, the head pose ``pose`` [4,4]
+        applied (head frame, metres). Raises ``ValueError`` for a malformed expression."""
         a = self.avatar
-        g = unpack_gaussians(_plain(self.model, a.code, a.head, len(self.residual), a.parents, np.clip(e, 0, 1))
-                             + self.residual)
+        g = unpack_gaussians(self.packed + expression_delta(self.model, a.code, a.head, expression, a.parents))
         return g if pose is None else posed(g, pose)
+
+
+def _check_expression(expression) -> np.ndarray:
+    e = np.asarray(expression, np.float64).ravel()
+    if e.size != 53 or not np.isfinite(e).all():
+        raise ValueError(f"expression: expected 53 finite coefficients, got {e.size}")
+    return np.clip(e, 0.0, 1.0)
+
+
+def _rest_decode(model, code, head, expression=None) -> np.ndarray:
+    """[K,59] float64 packed decode of ``code`` on ``head`` at ``e_rest + expression``."""
+    import torch
+
+    rest = model.head_template.rest_expression
+    with torch.no_grad():
+        g = model.decode(code, head, rest if expression is None else rest + expression)
+    return pack_gaussians(g.to_numpy()).astype(np.float64)
+
+
+def _expand(p: np.ndarray, parents, axis: int = 0) -> np.ndarray:
+    if parents is None or len(parents) == 0:
+        return p
+    return np.concatenate([p, np.take(p, np.asarray(parents), axis=axis)], axis=axis)
+
+
+def expression_delta(model, code, head, expression, parents=None) -> np.ndarray:
+    """``D(e)`` [K+E, 59] float32 (packed layout): what ``expression`` [53] (relative, in [0,1];
+    values outside are clipped) does to the avatar with ``code`` [D] on ``head`` [100]; rows of
+    grown Gaussians (``parents`` [E]) copy their parent's. Raises ``ValueError`` for a malformed
+    expression or a model without the head model."""
+    if model.head_template is None:
+        raise ValueError("expressions need the head model (fastavatar_engine/data/ict_head.safetensors)")
+    e = _check_expression(expression)
+    if not e.any():
+        n = model.decoder.num_gaussians + (0 if parents is None else len(parents))
+        return np.zeros((n, 59), np.float32)
+    d = _rest_decode(model, code, head, e) - _rest_decode(model, code, head)
+    return _expand(d, parents).astype(np.float32)
+
+
+def expression_basis(model, code, head, cancelled=None) -> tuple[np.ndarray, np.ndarray]:
+    """(basis [53, K, C] float32, columns [C] int32): ``D(unit_k)`` for each shape k, restricted to
+    the C packed columns any shape moves (means, log-scales, rotations). The linear rig
+    ``sum_k e_k basis_k`` previews ``D(e)`` (exact for one shape at 0 or 1). ``cancelled()``
+    returning True stops it with ``InterruptedError``."""
+    rest = _rest_decode(model, code, head)
+    rows = []
+    for k in range(53):
+        if cancelled is not None and cancelled():
+            raise InterruptedError("cancelled")
+        unit = np.zeros(53)
+        unit[k] = 1.0
+        rows.append(_rest_decode(model, code, head, unit) - rest)
+    full = np.stack(rows)
+    cols = np.flatnonzero(np.abs(full).max(axis=(0, 1)) > 0).astype(np.int32)
+    return np.ascontiguousarray(full[:, :, cols], np.float32), cols
 
 
 def posed(g: GaussianSet, M) -> GaussianSet:

@@ -52,7 +52,7 @@ def cmd_track(args) -> int:
 
             seq = read_arkit_csv(src, fps=args.fps).smoothed(args.smooth)
         else:
-            from .expressions.video import track
+            from .expressions.video import NEUTRAL_PERCENTILE, track
 
             identity = None
             if args.avatar:
@@ -64,7 +64,8 @@ def cmd_track(args) -> int:
                     raise CliError(str(exc)) from None
                 if identity is None:
                     raise CliError(f"{args.avatar}: the avatar carries no head shape (made without the head model)")
-            seq = track(src, identity=identity, fps=args.fps, smooth=args.smooth, progress=_progress("track"))
+            seq = track(src, identity=identity, fps=args.fps, smooth=args.smooth, progress=_progress("track"),
+                        neutral=None if args.absolute else NEUTRAL_PERCENTILE)
     except ExpressionFileError as exc:
         raise CliError(str(exc)) from None
     out = seq.save(args.output)
@@ -114,4 +115,7 @@ def add_expression_parsers(sub) -> None:
     t.add_argument("--fps", type=float, default=None,
                    help="frame rate (default: the video's; 30 for a folder; the timecode's for a CSV)")
     t.add_argument("--smooth", type=float, default=1.0, help="temporal smoothing, Gaussian sigma in frames (0: off)")
+    t.add_argument("--absolute", action="store_true",
+                   help="keep the head model's absolute coefficients (default: relative to the performer's neutral "
+                        "face, the 5th percentile of each coefficient over the clip, as avatars take them)")
     t.set_defaults(func=cmd_track)

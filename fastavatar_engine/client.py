@@ -314,6 +314,46 @@ class EngineClient:
                     raise EngineCrashed(f"decode returned {key} of shape {None if t is None else list(t.shape)}")
         return gaussians_from_arrays(msg.arrays), np.array(msg.arrays["code"], np.float32), _with_arrays(msg)
 
+    def expression(self, code, head, expression=None, basis: bool = False, **kw) -> dict:
+        """What ``expression`` [53] (ARKit, head model order, in [0,1]; None: all 0) does to the
+        avatar with code ``w`` [D] on ``head`` [100]: ``{'delta': [K,59]}`` float32, the packed
+        Gaussians' change (model template rows), and with ``basis`` also ``'basis'`` [53,K,C]
+        (one secant per shape, on the C ``'columns'`` [C] any shape moves). Raises
+        :class:`EngineCrashed` for a result of the wrong shape (see ``serve_expressions``)."""
+        arrays = {"code": np.asarray(code, np.float32), "head": np.asarray(head, np.float32)}
+        if expression is not None:
+            arrays["expression"] = np.asarray(expression, np.float32)
+        msg = self.request("expression", {"basis": bool(basis)}, arrays, **kw)
+        out = dict(msg.arrays)
+        d = out.get("delta")
+        if d is None or d.ndim != 2 or d.shape[1] != 59:
+            raise EngineCrashed(f"expression returned delta of shape {None if d is None else list(d.shape)}")
+        if basis:
+            b, c = out.get("basis"), out.get("columns")
+            if (b is None or c is None or b.ndim != 3 or b.shape[1] != d.shape[0] or c.ndim != 1
+                    or b.shape[2] != len(c) or (len(c) and (c.min() < 0 or c.max() >= 59))):
+                raise EngineCrashed("expression returned a malformed basis")
+        return out
+
+    def track(self, path, head=None, fps: float | None = None, smooth: float = 1.0, progress=None, cancel=None,
+              **kw) -> tuple[dict, dict]:
+        """(header, arrays) of an expression sequence from ``path`` (a video, a folder of frames, a
+        Live Link Face .csv or an expressions .json): ``arrays`` = coefficients [F,53], rotations
+        [F,4] (w,x,y,z), translations [F,3] metres, missing [F]; ``header`` = fps, names, frames.
+        ``head`` [100]: hold that identity (the video shows the avatar's person). ``progress``
+        receives ``{'stage': 'track', 'step', 'total'}`` events; ``cancel()`` True stops it."""
+        arrays = {"head": np.asarray(head, np.float32)} if head is not None else None
+        msg = self.request("track", {"path": str(path), "fps": fps, "smooth": float(smooth)}, arrays,
+                           progress=progress, cancel=cancel, **kw)
+        a, f = msg.arrays, int(msg.header.get("frames", -1))
+        shapes = {"coefficients": (f, 53), "rotations": (f, 4), "translations": (f, 3), "missing": (f,)}
+        for key, shape in shapes.items():
+            if key not in a or a[key].shape != shape or not np.isfinite(a[key]).all():
+                raise EngineCrashed(f"track returned {key} of shape {list(a[key].shape) if key in a else None}")
+        if not (isinstance(msg.header.get("fps"), (int, float)) and msg.header["fps"] > 0):
+            raise EngineCrashed(f"track returned fps {msg.header.get('fps')!r}")
+        return dict(msg.header), dict(a)
+
     def encode(self, image_path: str | None = None, pixels: np.ndarray | None = None,
                face_index: int | None = None, **kw):
         """(code [D] float32, result header with ``measures`` {'mouth_open', 'smile'}) for one photo."""

@@ -29,6 +29,7 @@ from .protocol import (
     encode_frame, error_header, gaussian_arrays,
 )
 from .gaussians import pack_gaussians
+from .serve_expressions import ExpressionRequests
 
 log = logging.getLogger("fastavatar.serve")
 
@@ -54,7 +55,7 @@ class _Cancelled(Exception):
     pass
 
 
-class Engine:
+class Engine(ExpressionRequests):
     """Request handlers around one model and (lazily) one :class:`AvatarGenerator`.
 
     ``device``: 'auto' (CUDA when available), 'cpu' or 'cuda[:N]'; ``weights``: model folder
@@ -371,7 +372,7 @@ def _int(header, key, default, lo, hi) -> int:
 class Server:
     """The request loop. ``inp``/``out``: binary streams (stdin/stdout of the process)."""
 
-    HANDLERS = ("hello", "generate", "decode", "refine", "encode", "train_direction")
+    HANDLERS = ("hello", "generate", "decode", "refine", "encode", "train_direction", "expression", "track")
 
     def __init__(self, engine: Engine, inp, out, max_payload: int = MAX_PAYLOAD_BYTES):
         self.engine = engine

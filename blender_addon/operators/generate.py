@@ -9,7 +9,7 @@ import bpy
 from bpy.props import BoolProperty, CollectionProperty, IntProperty, StringProperty
 
 from .. import avatar as avatar_mod
-from .. import editing, engine
+from .. import editing, engine, expressions
 from ..photo_source import resolve_photo
 from ..properties import FIT_STEPS_DEFAULT
 from .jobs import JobModal
@@ -46,6 +46,7 @@ def apply_result(context, result, label, face_index, photos=None):
     if base is not None:  # refined or on the photo's own head: keep it as a residual, like Refine does
         editing.set_residual(obj.data, editing.pack_gaussians(g) - base)
     editing.set_parents(obj, header.get("arrays", {}).get("parents"))  # Gaussians grown by the fit
+    expressions.set_head(obj, header.get("arrays", {}).get("head"))  # the face rig rides on the fitted head
     for o in context.view_layer.objects:
         o.select_set(False)
     obj.select_set(True)

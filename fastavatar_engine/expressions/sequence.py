@@ -129,6 +129,23 @@ class ExpressionSequence:
         return ExpressionSequence(self.fps, list(self.names), c, q, t, self.missing.copy(), self.source,
                                   self.identity, self.camera, dict(self.extra))
 
+    def relative_to_neutral(self, percentile: float = 5.0) -> "ExpressionSequence":
+        """A copy whose coefficients are relative to the performer's neutral face: each
+        coefficient minus its ``percentile``-th percentile over the frames with a face, clipped
+        to [0, 1] (a tracker's coefficients are absolute in the head model; an avatar takes
+        them relative to its own expression, :mod:`fastavatar_engine.animate`). The subtracted
+        values go to ``extra['neutral']``. A shape held through the whole clip is removed with
+        the neutral, so give long clips with some rest. Raises ``ValueError`` for a percentile
+        outside [0, 50]."""
+        if not 0.0 <= percentile <= 50.0:
+            raise ValueError(f"neutral percentile must be in [0, 50], got {percentile}")
+        ok = ~self.missing if (~self.missing).any() else np.ones(self.num_frames, bool)
+        neutral = np.percentile(self.coefficients[ok], percentile, axis=0)
+        extra = dict(self.extra, neutral=[round(float(v), 4) for v in neutral], neutral_percentile=percentile)
+        return ExpressionSequence(self.fps, list(self.names), np.clip(self.coefficients - neutral, 0.0, 1.0),
+                                  self.rotations.copy(), self.translations.copy(), self.missing.copy(),
+                                  self.source, self.identity, self.camera, extra)
+
     # ------------------------------------------------------------------ JSON
     def to_json(self, decimals: int = 4) -> dict:
         r = lambda a: [round(float(v), decimals) for v in a]  # noqa: E731

@@ -30,6 +30,8 @@ from .sequence import ExpressionFileError, ExpressionSequence, matrix_to_quatern
 #: the source's and the driven avatar's lip gap / eye opening): 5 -> 0.62 / 0.07, 1 -> 0.78 / 0.59,
 #: 0.5 -> 0.80 / 0.70, 0.2 -> 0.72 / 0.64.
 EXPRESSION_WEIGHT = 0.5
+#: percentile per coefficient taken as the performer's neutral (track's ``neutral``)
+NEUTRAL_PERCENTILE = 5.0
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 #: Frames beyond this are refused (about 9 hours at 30 frames/s).
 MAX_FRAMES = 1_000_000
@@ -98,8 +100,10 @@ def open_frames(source, fps: float | None = None) -> tuple[Iterator[np.ndarray],
 
 def track(source, identity=None, fps: float | None = None, smooth: float = 1.0, front_end=None,
           progress: Callable[[int, int | None], bool | None] | None = None, init_frames: int = 8,
-          init_window: int = 60, iterations: int = 6) -> ExpressionSequence:
-    """Track ``source`` (a video file or a folder of frames); returns the smoothed sequence.
+          init_window: int = 60, iterations: int = 6, neutral: float | None = NEUTRAL_PERCENTILE) -> ExpressionSequence:
+    """Track ``source`` (a video file or a folder of frames); returns the smoothed sequence, its
+    coefficients relative to the performer's neutral (``neutral``-th percentile per coefficient,
+    :meth:`ExpressionSequence.relative_to_neutral`; None: the head model's absolute values).
 
     ``identity``: [100] head identity coefficients (an avatar's sidecar ``head``), or None to fit
     it from the first frames. ``progress(frames done, total or None)`` is called every frame;
@@ -109,7 +113,8 @@ def track(source, identity=None, fps: float | None = None, smooth: float = 1.0, 
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, user_api="blas"):  # the fit's small LAPACK solves lose more to BLAS threads than they gain
-        return _track(source, identity, fps, smooth, front_end, progress, init_frames, init_window, iterations)
+        seq = _track(source, identity, fps, smooth, front_end, progress, init_frames, init_window, iterations)
+    return seq if neutral is None else seq.relative_to_neutral(neutral)
 
 
 def _track(source, identity, fps, smooth, front_end, progress, init_frames, init_window, iterations):

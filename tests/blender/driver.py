@@ -333,6 +333,99 @@ def run_faults(scene, out: Path, photo, direction_file):
     return rows
 
 
+def run_drive(scene, out: Path, photo, performance, video):
+    """Drive from Video on a generated avatar: the keyed timeline, the exact frames and the face
+    rig's preview, head motion on the object, save/reload, a real video through the engine."""
+    import bpy
+
+    from blender_addon import editing, expressions
+
+    info, z = {}, {}
+    scene.render.fps, scene.render.fps_base = 24, 1.0
+    scene.fastavatar.photo_path = photo
+    info["op"] = run_generate()
+    obj = bpy.context.active_object
+    obj.location = (0.5, -1.0, 0.25)
+    bpy.context.view_layer.update()
+    info["names"] = list(expressions.EXPRESSION_NAMES)
+    info["has_rig"] = expressions.get_head(obj) is not None
+    info["panel"] = hasattr(bpy.types, "FASTAVATAR_PT_expressions")
+    z["rest"] = packed(obj)
+    z["code"] = np.asarray(obj["fastavatar_code"], np.float32)
+    z["head"] = expressions.get_head(obj)
+    z["parents"] = editing.get_parents(obj)
+    z["rest_world"] = np.array(obj.matrix_world)
+    # a slider moved by hand: one exact refresh (background mode), keyable
+    obj.fastavatar.expression.jawOpen = 0.8
+    z["jaw_08"] = packed(obj)
+    obj.fastavatar.expression.jawOpen = 0.0
+    z["jaw_0"] = packed(obj)
+    # drive from an expressions JSON (known values), head motion keyed on the object
+    scene.frame_set(5)
+    scene.fastavatar.drive_pose = True
+    try:
+        info["drive_op"] = sorted(bpy.ops.fastavatar.drive(filepath=str(performance)))
+    except RuntimeError as e:
+        info["drive_op"], info["drive_error"] = ["CANCELLED"], str(e)
+    info["status"] = scene.fastavatar.status
+    info["frame_range"] = [scene.frame_start, scene.frame_end]
+    action = obj.animation_data.action
+    info["curves"] = sorted({fc.data_path for fc in editing._fcurves(action)})
+    jaw = next(fc for fc in editing._fcurves(action) if fc.data_path == "fastavatar.expression.jawOpen")
+    info["jaw_keys"] = [list(k.co) for k in jaw.keyframe_points]
+    for f in (5, 11, 12):
+        scene.frame_set(f)
+        z[f"frame_{f}"] = packed(obj)
+        z[f"world_{f}"] = np.array(obj.matrix_world)
+        z[f"values_{f}"] = expressions.values(obj)
+    # the preview (what scrubbing shows) against the exact decode at the same values
+    editing.update_exact(obj, tangents=True)
+    info["rig"] = editing._cache[obj.session_uid]["tangents"][2] is not None
+    expressions._suspended = True
+    obj.fastavatar.expression.jawOpen = min(1.0, obj.fastavatar.expression.jawOpen + 0.4)
+    obj.fastavatar.expression.eyeBlink_L = 0.7
+    expressions._suspended = False
+    info["previewed"] = editing.update_preview(obj)
+    z["preview"] = packed(obj)
+    z["preview_values"] = expressions.values(obj)
+    editing.update_exact(obj)
+    z["exact_at_preview"] = packed(obj)
+    # save, reload, frame 11 again
+    blend = out / "driven.blend"
+    name = obj.name
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.wm.open_mainfile(filepath=str(blend))
+    scene = bpy.context.scene
+    obj = bpy.data.objects[name]
+    scene.frame_set(12)
+    scene.frame_set(11)
+    z["frame_11_reloaded"] = packed(obj)
+    # Clear Performance: keys gone, the object back at its rest transform and expression
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.fastavatar.clear_performance()
+    info["curves_after_clear"] = sorted({fc.data_path for fc in editing._fcurves(obj.animation_data.action)})
+    z["world_after_clear"] = np.array(obj.matrix_world)
+    z["after_clear"] = packed(obj)
+    # a real video through the engine's tracker (the speaker's head fitted from its frames)
+    scene.frame_set(1)
+    scene.fastavatar.drive_pose = False
+    try:
+        info["video_op"] = sorted(bpy.ops.fastavatar.drive(filepath=str(video)))
+    except RuntimeError as e:
+        info["video_op"], info["video_error"] = ["CANCELLED"], str(e)
+    info["video_status"] = scene.fastavatar.status
+    info["video_curves"] = sorted({fc.data_path for fc in editing._fcurves(obj.animation_data.action)})
+    # an avatar without a face rig is refused with a message
+    del obj[expressions.HEAD_KEY]
+    try:
+        info["norig_op"] = sorted(bpy.ops.fastavatar.drive(filepath=str(performance)))
+    except RuntimeError as e:
+        info["norig_op"], info["norig_error"] = ["CANCELLED"], str(e)
+    (out / "drive.json").write_text(json.dumps(info))
+    np.savez(out / "drive.npz", **{k: np.asarray(v) for k, v in z.items() if v is not None})
+
+
 def main():
     scenario, out = sys.argv[1], Path(sys.argv[2])
     args = sys.argv[3:]
@@ -460,6 +553,9 @@ def main():
             result["reloaded"] = dump_object(bpy.data.objects[name], out, "reloaded")
         elif scenario == "editing":
             run_editing(scene, out, *args)
+            result["ok"] = True
+        elif scenario == "drive":
+            run_drive(scene, out, *args)
             result["ok"] = True
         elif scenario == "faults":
             result["rows"] = run_faults(scene, out, *args)
