@@ -2,7 +2,7 @@
 
     python benchmarks/bench_display.py                       # every Blender line found, Cycles and EEVEE
     python benchmarks/bench_display.py --engines cycles --samples 64 --resolution 256
-    python benchmarks/bench_display.py --update-readme       # rewrite the README's display table
+    python benchmarks/bench_display.py --update-readme       # rewrite the display table in docs/blender.md
 
 The avatar is the default model's feed-forward avatar of the public-domain astronaut photo
 (``skimage.data.astronaut()``), written as an INRIA PLY. Each Blender line
@@ -180,12 +180,12 @@ def main(argv=None):
     result["resolution"] = args.resolution
     print(json.dumps(result, indent=1))
     if args.update_readme:
-        readme = ROOT / "README.md"
+        readme = ROOT / "docs" / "blender.md"
         text = readme.read_text()
         new, n = re.subn(r"(?s)(<!-- display:begin -->\n).*?(<!-- display:end -->)",
                          lambda m: m.group(1) + markdown(result) + m.group(2), text)
         if n != 1:
-            raise SystemExit("README.md: no <!-- display:begin --> / <!-- display:end --> markers")
+            raise SystemExit("docs/blender.md: no <!-- display:begin --> / <!-- display:end --> markers")
         readme.write_text(new)
 
 

@@ -19,6 +19,13 @@ Latent edits (applied to every photo's avatar; exact decodes for every rendered 
     # OUT/<name>_frames/<name>_0001.png ... (use "mix" to animate the blend factor instead)
     python blender_addon/batch.py me.jpg out --direction smile.json=0 --animate smile:-2:2 --frames 24 --render
 
+A performance (Drive from Video: a video, a folder of frames, an iPhone Live Link Face CSV or an
+expressions JSON from ``fastavatar track``) keyed on each avatar and rendered frame by frame to
+``OUT/<name>_frames/`` (``--frames N``: only the first N)::
+
+    python blender_addon/batch.py me.jpg out --drive talking.mp4 --render --resolution 256 --samples 16
+    python blender_addon/batch.py me.jpg out --drive me_talking.mp4 --drive-same-person --no-head-motion
+
 Inputs are photo files and/or folders (their .jpg/.jpeg/.png/.webp/.bmp/.tif files, sorted).
 For each photo it starts from an empty scene, runs the add-on's Generate Avatar (synchronously:
 timers do not fire in background mode), frames a camera on the face, and writes
@@ -63,7 +70,14 @@ def parse_args(argv):
     p.add_argument("--mix", type=float, default=0.5, help="blend factor for --blend-with (0: the photo, 1: PHOTO)")
     p.add_argument("--animate", metavar="NAME:FROM:TO",
                    help="key direction NAME (or 'mix') from FROM at frame 1 to TO at frame --frames")
-    p.add_argument("--frames", type=int, default=24, help="animation length in frames (default 24)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="animation length in frames (--animate: default 24; --drive: render only the first N)")
+    p.add_argument("--drive", metavar="PERFORMANCE",
+                   help="key the avatar's expressions from a video, frames folder, Live Link Face .csv or "
+                        "expressions .json (Drive from Video), from frame 1")
+    p.add_argument("--drive-same-person", action="store_true",
+                   help="the video shows the photo's person: hold the avatar's head shape while tracking")
+    p.add_argument("--no-head-motion", action="store_true", help="with --drive: keep the head still")
     args = p.parse_args(argv)
     try:
         args.direction = [(Path(f), float(a)) for f, a in (spec.rsplit("=", 1) for spec in args.direction)]
@@ -77,8 +91,13 @@ def parse_args(argv):
             p.error("--animate takes NAME:FROM:TO, e.g. smile:-2:2 or mix:0:1")
         if args.animate[0] == "mix" and not args.blend_with:
             p.error("--animate mix needs --blend-with")
+        if args.drive:
+            p.error("--animate and --drive cannot be combined")
+        args.frames = 24 if args.frames is None else args.frames
         if args.frames < 2:
             p.error("--frames must be at least 2")
+    if args.frames is not None and args.frames < 1:
+        p.error("--frames must be positive")
     if len(args.inputs) < 2:
         p.error("give at least one photo or folder and the output folder")
     args.out = Path(args.inputs[-1])
@@ -192,12 +211,13 @@ def process(photo: Path, out_dir: Path, name: str, args) -> dict:
     blend = out_dir / f"{name}.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend.resolve()))
     row["blend"] = str(blend)
-    if args.render and args.animate:
+    if args.render and (args.animate or args.drive):
         t = time.perf_counter()
         frames_dir = out_dir / f"{name}_frames"
         frames_dir.mkdir(parents=True, exist_ok=True)
         row["frames"] = []
-        for f in range(1, args.frames + 1):
+        last = scene.frame_end if args.frames is None else min(scene.frame_end, scene.frame_start + args.frames - 1)
+        for f in range(scene.frame_start, last + 1):
             scene.frame_set(f)  # the add-on's frame handler decodes this frame exactly
             if f in addon.editing.frame_errors:  # never write a frame showing a stale avatar
                 raise RuntimeError(addon.editing.frame_errors[f])
@@ -259,7 +279,25 @@ def apply_edits(context, scene, obj, args, addon, row):
             obj.keyframe_insert(path, frame=frame)
         scene.frame_set(1)
         row["animation"] = {"property": path, "from": lo, "to": hi, "frames": args.frames}
+    if args.drive:
+        drive(scene, obj, args, row)
     return obj
+
+
+def drive(scene, obj, args, row):
+    """--drive: Drive from Video on ``obj`` from frame 1; the scene's range becomes the performance's."""
+    import bpy
+
+    scene.frame_start = scene.frame_end = 1
+    settings = scene.fastavatar
+    settings.drive_same_person, settings.drive_pose = args.drive_same_person, not args.no_head_motion
+    t = time.perf_counter()
+    bpy.context.view_layer.objects.active = obj
+    if bpy.ops.fastavatar.drive(filepath=str(Path(args.drive).resolve()), start_frame=1) != {"FINISHED"}:
+        raise RuntimeError(f"--drive: {settings.status}")
+    scene.frame_set(1)
+    row["drive"] = {"performance": str(args.drive), "frames": [scene.frame_start, scene.frame_end],
+                    "status": settings.status, "track_s": round(time.perf_counter() - t, 1)}
 
 
 def main(argv=None) -> int:

@@ -496,7 +496,8 @@ def _settle():
         c = _cache.get(obj.session_uid)
         if c is None or c.get("failed") or (c.get("exact") and c["tangents"] is not None):
             continue
-        far = c["params"] is None or np.abs(np.asarray(parameters(obj)) - np.asarray(c["params"])).max(
+        k = _edit_count(obj)  # the face rig is linear everywhere: only the edits' expansion goes stale
+        far = c["params"] is None or np.abs(np.asarray(parameters(obj)[:k]) - np.asarray(c["params"][:k])).max(
             initial=0.0) > RELINEARISE_DISTANCE
         if now - c["changed"] < SETTLE_S and not far:
             return 0.1
@@ -548,6 +549,7 @@ def _exact_from_snapshot(s: dict, tangents: bool = True):
     if head is not None:  # the face rig: the expression's exact change, and the linear rig for previews
         code = s["base"] + (np.asarray(s["amounts"], np.float32) @ np.stack(s["rows"]) if s["rows"] else 0)
         delta, rig = expr_mod.exact_delta(client, code, head, s["expression"], basis=tangents)
+        # (the rig depends on the code and head only: expr_mod caches it per pair)
         if delta is not None:
             packed = packed + expand_to_parents(delta, parents)
         if tangents:
@@ -583,6 +585,7 @@ def unregister_handlers():
     if bpy.app.timers.is_registered(_settle):
         bpy.app.timers.unregister(_settle)
     _cache.clear()
+    expr_mod._rigs.clear()
 
 
 # ---------------------------------------------------------------------- blends

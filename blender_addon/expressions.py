@@ -107,14 +107,30 @@ def suspended() -> bool:
 
 
 # ---------------------------------------------------------------------- what an expression adds
+#: the last few face rigs, keyed by (code, head) bytes: the rig does not depend on the expression,
+#: so scrubbing and settling never rebuild it (53 decodes, ~3 s on a 2-core CPU)
+_rigs: dict = {}
+MAX_RIGS = 4
+
+
 def exact_delta(client, code, head, expression, basis: bool):
     """(delta [K,59] float32 or None, (basis [53,K,C], columns [C]) or None) from the engine for
     the edited code ``code`` [D] on ``head`` [100]; no request when ``expression`` is all zero
-    and no basis is wanted."""
+    and no basis is wanted (a cached basis for the same code and head is reused). Engine
+    errors propagate."""
     if head is None or (not basis and not np.any(expression)):
         return None, None
-    out = client.expression(code, head, expression if np.any(expression) else None, basis=basis)
-    rig = (out["basis"], out["columns"]) if basis else None
+    key = (np.asarray(code, np.float32).tobytes(), np.asarray(head, np.float32).tobytes())
+    rig = _rigs.get(key) if basis else None
+    need_basis = basis and rig is None
+    if not np.any(expression) and not need_basis:
+        return None, rig
+    out = client.expression(code, head, expression if np.any(expression) else None, basis=need_basis)
+    if need_basis:
+        rig = (out["basis"], out["columns"])
+        while len(_rigs) >= MAX_RIGS:
+            _rigs.pop(next(iter(_rigs)))
+        _rigs[key] = rig
     return (out["delta"] if np.any(expression) else None), rig
 
 

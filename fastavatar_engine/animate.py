@@ -50,13 +50,15 @@ class Animator:
             _plain(model, avatar.code, avatar.head, len(self.packed), avatar.parents)  # the model decodes its rows
         except EditError as exc:
             raise AnimateError(str(exc)) from None
+        self.rest = rest_decode(model, avatar.code, avatar.head)  # D(e)'s constant half, once per avatar
 
     def gaussians(self, expression, pose=None) -> GaussianSet:
         """The avatar with ``expression`` [53] (ARKit, head model order, in [0,1], relative to the
         avatar's own expression: module docstring) and, when given, the head pose ``pose`` [4,4]
         applied (head frame, metres). Raises ``ValueError`` for a malformed expression."""
         a = self.avatar
-        g = unpack_gaussians(self.packed + expression_delta(self.model, a.code, a.head, expression, a.parents))
+        g = unpack_gaussians(self.packed + expression_delta(self.model, a.code, a.head, expression, a.parents,
+                                                            rest=self.rest))
         return g if pose is None else posed(g, pose)
 
 
@@ -67,8 +69,9 @@ def _check_expression(expression) -> np.ndarray:
     return np.clip(e, 0.0, 1.0)
 
 
-def _rest_decode(model, code, head, expression=None) -> np.ndarray:
-    """[K,59] float64 packed decode of ``code`` on ``head`` at ``e_rest + expression``."""
+def rest_decode(model, code, head, expression=None) -> np.ndarray:
+    """[K,59] float64 packed decode of ``code`` [D] on ``head`` [100] at ``e_rest + expression``
+    (``expression`` [53] or None: the rest expression itself)."""
     import torch
 
     rest = model.head_template.rest_expression
@@ -83,34 +86,35 @@ def _expand(p: np.ndarray, parents, axis: int = 0) -> np.ndarray:
     return np.concatenate([p, np.take(p, np.asarray(parents), axis=axis)], axis=axis)
 
 
-def expression_delta(model, code, head, expression, parents=None) -> np.ndarray:
+def expression_delta(model, code, head, expression, parents=None, rest=None) -> np.ndarray:
     """``D(e)`` [K+E, 59] float32 (packed layout): what ``expression`` [53] (relative, in [0,1];
     values outside are clipped) does to the avatar with ``code`` [D] on ``head`` [100]; rows of
-    grown Gaussians (``parents`` [E]) copy their parent's. Raises ``ValueError`` for a malformed
-    expression or a model without the head model."""
+    grown Gaussians (``parents`` [E]) copy their parent's. ``rest``: ``rest_decode(model, code,
+    head)`` when the caller has it (one decode instead of two). Raises ``ValueError`` for a
+    malformed expression or a model without the head model."""
     if model.head_template is None:
         raise ValueError("expressions need the head model (fastavatar_engine/data/ict_head.safetensors)")
     e = _check_expression(expression)
     if not e.any():
         n = model.decoder.num_gaussians + (0 if parents is None else len(parents))
         return np.zeros((n, 59), np.float32)
-    d = _rest_decode(model, code, head, e) - _rest_decode(model, code, head)
+    d = rest_decode(model, code, head, e) - (rest_decode(model, code, head) if rest is None else rest)
     return _expand(d, parents).astype(np.float32)
 
 
-def expression_basis(model, code, head, cancelled=None) -> tuple[np.ndarray, np.ndarray]:
+def expression_basis(model, code, head, cancelled=None, rest=None) -> tuple[np.ndarray, np.ndarray]:
     """(basis [53, K, C] float32, columns [C] int32): ``D(unit_k)`` for each shape k, restricted to
     the C packed columns any shape moves (means, log-scales, rotations). The linear rig
     ``sum_k e_k basis_k`` previews ``D(e)`` (exact for one shape at 0 or 1). ``cancelled()``
     returning True stops it with ``InterruptedError``."""
-    rest = _rest_decode(model, code, head)
+    rest = rest_decode(model, code, head) if rest is None else rest
     rows = []
     for k in range(53):
         if cancelled is not None and cancelled():
             raise InterruptedError("cancelled")
         unit = np.zeros(53)
         unit[k] = 1.0
-        rows.append(_rest_decode(model, code, head, unit) - rest)
+        rows.append(rest_decode(model, code, head, unit) - rest)
     full = np.stack(rows)
     cols = np.flatnonzero(np.abs(full).max(axis=(0, 1)) > 0).astype(np.int32)
     return np.ascontiguousarray(full[:, :, cols], np.float32), cols

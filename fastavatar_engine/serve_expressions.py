@@ -48,7 +48,7 @@ class ExpressionRequests:
     ``_head_expression``)."""
 
     def expression(self, header, arrays, emit, cancelled):
-        from .animate import expression_basis, expression_delta
+        from .animate import expression_basis, expression_delta, rest_decode
         from .serve import RequestError, _Cancelled
 
         t = time.perf_counter()
@@ -59,10 +59,16 @@ class ExpressionRequests:
         basis = header.get("basis", False)
         if not isinstance(basis, bool):
             raise RequestError("bad_request", f"'basis' must be true or false, got {basis!r}")
-        out = {"delta": expression_delta(self.model, w, head, np.zeros(53) if e is None else e)}
+        key = (w.tobytes(), np.asarray(head, np.float32).tobytes(), self.model.model_id)
+        cached = self.__dict__.get("_expression_rest")
+        if cached is None or cached[0] != key:  # the rest decode is the same for every frame of one avatar
+            cached = (key, rest_decode(self.model, w, head))
+            self.__dict__["_expression_rest"] = cached
+        rest = cached[1]
+        out = {"delta": expression_delta(self.model, w, head, np.zeros(53) if e is None else e, rest=rest)}
         if basis:
             try:
-                out["basis"], out["columns"] = expression_basis(self.model, w, head, cancelled)
+                out["basis"], out["columns"] = expression_basis(self.model, w, head, cancelled, rest=rest)
             except InterruptedError:
                 raise _Cancelled() from None
         return {"model_id": self.model.model_id, "elapsed_ms": round(1e3 * (time.perf_counter() - t), 2)}, out

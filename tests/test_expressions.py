@@ -143,6 +143,60 @@ def _synthetic_landmarks(m, identity, expression, M, K, V_cam):
     return (Xc[:, :2] / Xc[:, 2:3]) * K[0, 0] + K[:2, 2]
 
 
+def test_expression_names_match_the_head_model():
+    from fastavatar_engine.expressions.names import EXPRESSION_NAMES, grouped
+
+    assert list(EXPRESSION_NAMES) == list(NAMES)  # the add-on's copy (numpy-free) of the model's list
+    groups = [n for _, names in grouped() for n in names]
+    assert sorted(groups) == sorted(NAMES) and len(groups) == 53  # every name in exactly one panel group
+
+
+def test_expressions_are_relative_to_the_avatars_own_and_the_rig_is_linear_per_shape(model):
+    """D(e) = decode(w, head, e_rest + e) - decode(w, head, e_rest): zero at e = 0, the template's
+    rest expression is not zero (so absolute coefficients would move an undriven face), and the
+    rig's basis row k is D(unit_k) on the columns any shape moves."""
+    from fastavatar_engine.animate import expression_basis, expression_delta
+    from fastavatar_engine.gaussians import pack_gaussians
+
+    rng = np.random.default_rng(2)
+    head = rng.normal(0, 0.5, 100).astype(np.float32)
+    w = np.r_[rng.normal(0, 1, 128), np.zeros(384)].astype(np.float32)
+    rest = model.head_template.rest_expression
+    assert np.abs(rest).max() > 0.5  # e.g. eyeWide 1.0: "0" is not the avatar's face
+    assert not expression_delta(model, w, head, np.zeros(53)).any()
+    e = np.zeros(53)
+    e[NAMES.index("jawOpen")], e[NAMES.index("eyeBlink_L")] = 0.7, 1.0
+    with torch.no_grad():
+        expected = (pack_gaussians(model.decode(w, head, rest + e).to_numpy()).astype(np.float64)
+                    - pack_gaussians(model.decode(w, head, rest).to_numpy()))
+    np.testing.assert_allclose(expression_delta(model, w, head, e), expected, atol=1e-5)
+    parents = np.array([3, 7])
+    grown = expression_delta(model, w, head, e, parents)
+    np.testing.assert_array_equal(grown[-2:], grown[parents])  # grown Gaussians move with their parent
+    basis, cols = expression_basis(model, w, head)
+    assert basis.shape == (53, model.decoder.num_gaussians, len(cols)) and set(cols) >= {0, 1, 2}
+    assert not set(cols) & set(range(3, 52))  # colours and opacity never move
+    unit = np.zeros(53)
+    unit[NAMES.index("mouthSmile_R")] = 1.0
+    np.testing.assert_allclose(basis[NAMES.index("mouthSmile_R")], expression_delta(model, w, head, unit)[:, cols],
+                               atol=1e-6)
+
+
+def test_tracks_are_calibrated_to_the_performers_neutral():
+    C = np.zeros((40, 53))
+    C[:, 0] = 0.2  # a coefficient the tracker reports at rest: taken as neutral
+    C[10:20, 1] = 0.8  # a real expression on part of the clip
+    C[:, 2] = np.linspace(0.1, 0.5, 40)
+    seq = ExpressionSequence(25.0, list(NAMES), C, np.tile([1.0, 0, 0, 0], (40, 1)), np.zeros((40, 3)),
+                             np.zeros(40, bool))
+    rel = seq.relative_to_neutral(5.0)
+    assert not rel.coefficients[:, 0].any() and rel.extra["neutral"][0] == 0.2
+    np.testing.assert_allclose(rel.coefficients[:, 1], C[:, 1])
+    np.testing.assert_allclose(rel.coefficients[:, 2], np.clip(C[:, 2] - np.percentile(C[:, 2], 5), 0, 1))
+    with pytest.raises(ValueError, match="percentile"):
+        seq.relative_to_neutral(80)
+
+
 def test_tracker_follows_a_turning_head_from_exact_landmarks():
     """The tracker on landmarks made by the head model itself, frame after frame: every warm frame
     lands where a cold fit (PnP start, the photo fit's schedule) of the same frame lands (within
