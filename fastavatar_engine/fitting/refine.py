@@ -42,7 +42,7 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
            camera: bool | None = None, camera_warmup: int | None = None, lr_camera: float = 1e-3,
            detail_steps: int | None = None, lr_detail_color: float = 1e-2, lr_detail_means: float = 1e-4,
            detail_reg: float = 0.1, transfer: bool = True, grow: int = DEFAULT_GROW, crop: bool = True,
-           split: int = DEFAULT_SPLIT, split_after: int | None = None):
+           split: int = DEFAULT_SPLIT, split_after: int | None = None, mouth: bool = True):
     """Optimise ``avatar`` (made by ``gen``, an :class:`~fastavatar_engine.generate.AvatarGenerator`) against ``image`` ([H,W,3] uint8 RGB); updates and returns ``avatar``.
 
     **What is fitted.** By default (no ``views``, ``c2w``, ``K`` or ``mask``) the product path of
@@ -105,6 +105,9 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
     in two, 3DGS's densification (:mod:`fastavatar_engine.fitting.densify`): those with the
     largest mean view-space positional gradient over those steps whose 3-sigma radius is at
     least 3 pixels of the fit's image; the second children are added rows with parents too.
+    With ``mouth`` (default) and a head shape, the stage also adds the mouth interior, a dark
+    curtain behind the lips that an expression's open jaw reveals
+    (:func:`fastavatar_engine.fitting.mouth.mouth_interior`; rows with parents, like grown ones).
 
     ``mode``: ``"full"`` (= ``"auto"``) is the paper's refinement, the code and all decoder
     weights jointly (``lr_code``, ``lr_decoder``); ``"heads"`` computes the shared body once,
@@ -201,8 +204,14 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
             if detail is None:
                 with torch.no_grad():
                     g0 = current()
+                interior = None
+                if mouth and avatar.head is not None:  # what an opening jaw reveals (fitting/mouth.py)
+                    from .mouth import mouth_interior
+
+                    interior = mouth_interior(gen.model, avatar.head, device)
                 detail = DetailStage(g0, targets, detail_cameras(targets, cam_params if camera else None), transfer,
-                                     grow, (lr_detail_means, 5e-3, 2.5e-2, lr_detail_color), detail_reg, split)
+                                     grow, (lr_detail_means, 5e-3, 2.5e-2, lr_detail_color), detail_reg, split,
+                                     mouth=interior)
             loss = group_loss(detail.gaussians(), None, step) + detail.drift()
             detail.opt.zero_grad(set_to_none=True)
             loss.backward()

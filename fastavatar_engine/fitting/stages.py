@@ -85,11 +85,12 @@ class DetailStage:
     colours with (and to measure view-space gradients in); ``transfer``: start from the photos'
     colours; ``grow``: cap on grown Gaussians (0: none); ``lrs``: learning rates of means,
     log-scales, opacity logits, DC colour; ``reg``: weight of the squared drift (means in cm,
-    log-scales, opacity logits); ``split``: cap on Gaussians :meth:`densify` splits (0: none).
+    log-scales, opacity logits); ``split``: cap on Gaussians :meth:`densify` splits (0: none);
+    ``mouth``: (Gaussians, parents) of the mouth interior to add (:func:`.mouth.mouth_interior`).
     """
 
     def __init__(self, g0: GaussianTensors, targets: list, cameras: list, transfer: bool, grow: int, lrs: tuple,
-                 reg: float, split: int = 0):
+                 reg: float, split: int = 0, mouth: tuple | None = None):
         self.num_template = g0.means.shape[0]
         d = {k: getattr(g0, k).detach().clone() for k in ("means", "log_scales", "opacity_logits")}
         d["dc"] = g0.sh[:, :1].detach().clone()
@@ -114,6 +115,15 @@ class DetailStage:
                 d["dc"] = torch.cat([d["dc"], extra.sh[:, :1]])
                 self.rest = torch.cat([self.rest, extra.sh[:, 1:]])
                 self.rots = torch.cat([self.rots, extra.rotations])
+        if mouth is not None:  # the mouth interior (:mod:`.mouth`): grown Gaussians behind the lips
+            extra, parents = mouth
+            dev = d["means"].device
+            for k in ("means", "log_scales", "opacity_logits"):
+                d[k] = torch.cat([d[k], getattr(extra, k).to(dev)])
+            d["dc"] = torch.cat([d["dc"], extra.sh[:, :1].to(dev)])
+            self.rest = torch.cat([self.rest, extra.sh[:, 1:].to(dev)])
+            self.rots = torch.cat([self.rots, extra.rotations.to(dev)])
+            self.parents = torch.cat([self.parents.to(dev), parents.to(dev)])
         self.lrs, self.reg, self.split_budget = lrs, reg, int(split)
         self._set_leaves(d)
         dev = self.leaves["means"].device
