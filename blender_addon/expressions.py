@@ -28,7 +28,6 @@ that frame into Blender's z-up world (:mod:`.avatar`), so the keyed object trans
 
 from __future__ import annotations
 
-import bpy
 import numpy as np
 
 from fastavatar_engine.expressions.names import EXPRESSION_NAMES, grouped  # noqa: F401 (the panel uses grouped)

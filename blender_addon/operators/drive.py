@@ -51,7 +51,7 @@ def apply_performance(context, obj, result, start: float, pose: bool) -> str:
 
 
 class FASTAVATAR_OT_drive(JobModal, bpy.types.Operator):
-    """Track a video (or read a Live Link Face CSV / expressions JSON) and key the active avatar's expressions on the timeline"""
+    """Track a video (or read a Live Link Face CSV or expressions JSON) and key the avatar's expressions"""
 
     bl_idname = "fastavatar.drive"
     bl_label = "Drive from Video"

@@ -67,9 +67,14 @@ def run_generate(fit_steps: int = 0):
 
     if fit_steps is not None:
         bpy.context.scene.fastavatar.fit_steps = fit_steps
+    return run_op(bpy.ops.fastavatar.generate)
+
+
+def run_op(op, **kw) -> tuple[list, str]:
+    """(sorted result set, the error an operator reported) of ``op(**kw)`` (bpy.ops raises on ERROR)."""
     try:
-        return sorted(bpy.ops.fastavatar.generate()), ""
-    except RuntimeError as e:  # bpy.ops raises when the operator reports an ERROR
+        return sorted(op(**kw)), ""
+    except RuntimeError as e:
         return ["CANCELLED"], str(e)
 
 
@@ -363,10 +368,7 @@ def run_drive(scene, out: Path, photo, performance, video):
     # drive from an expressions JSON (known values), head motion keyed on the object
     scene.frame_set(5)
     scene.fastavatar.drive_pose = True
-    try:
-        info["drive_op"] = sorted(bpy.ops.fastavatar.drive(filepath=str(performance)))
-    except RuntimeError as e:
-        info["drive_op"], info["drive_error"] = ["CANCELLED"], str(e)
+    info["drive_op"], info["drive_error"] = run_op(bpy.ops.fastavatar.drive, filepath=str(performance))
     info["status"] = scene.fastavatar.status
     info["frame_range"] = [scene.frame_start, scene.frame_end]
     action = obj.animation_data.action
@@ -410,18 +412,12 @@ def run_drive(scene, out: Path, photo, performance, video):
     # a real video through the engine's tracker (the speaker's head fitted from its frames)
     scene.frame_set(1)
     scene.fastavatar.drive_pose = False
-    try:
-        info["video_op"] = sorted(bpy.ops.fastavatar.drive(filepath=str(video)))
-    except RuntimeError as e:
-        info["video_op"], info["video_error"] = ["CANCELLED"], str(e)
+    info["video_op"], info["video_error"] = run_op(bpy.ops.fastavatar.drive, filepath=str(video))
     info["video_status"] = scene.fastavatar.status
     info["video_curves"] = sorted({fc.data_path for fc in editing._fcurves(obj.animation_data.action)})
     # an avatar without a face rig is refused with a message
     del obj[expressions.HEAD_KEY]
-    try:
-        info["norig_op"] = sorted(bpy.ops.fastavatar.drive(filepath=str(performance)))
-    except RuntimeError as e:
-        info["norig_op"], info["norig_error"] = ["CANCELLED"], str(e)
+    info["norig_op"], info["norig_error"] = run_op(bpy.ops.fastavatar.drive, filepath=str(performance))
     (out / "drive.json").write_text(json.dumps(info))
     np.savez(out / "drive.npz", **{k: np.asarray(v) for k, v in z.items() if v is not None})
 
