@@ -14,6 +14,13 @@ the camera in the avatar's (engine) frame ``c2w = obj.matrix_world^-1 @ camera.m
 (OpenGL axes, metres), the intrinsics ``fx = fy = (W/2) / tan(fov/2)``, ``cx = W/2``, ``cy = H/2``
 (pixels), the render time (s), Blender's version and the avatar's representation. The engine's
 rasteriser renders the same Gaussians from that camera in ``bench_display.py``.
+
+With ``--drive PERFORMANCE.json --frame N`` the avatar is set up as Generate Avatar leaves it
+(code, head shape and grown Gaussians from the PLY's ``.fastavatar.json`` sidecar, the rest kept as
+the residual), the performance is keyed by the add-on from frame 1 (:func:`blender_addon.expressions.key_performance`,
+head motion included) and frame N is rendered: the driven frame as ``blender -b`` renders it. ``c2w``
+is then relative to the moved object, so the engine renders ``fastavatar animate``'s unposed
+frame N from it (``bench_drive_display.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ def main(argv=None) -> dict:
     p.add_argument("--engine", choices=("cycles", "eevee"), default="cycles")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--drive", type=Path, help="an expressions JSON to key on the avatar (needs the PLY's sidecar)")
+    p.add_argument("--frame", type=int, default=1, help="with --drive: the scene frame to render")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import bpy
@@ -58,6 +67,8 @@ def main(argv=None) -> dict:
         g = read_ply(args.ply)
         obj = avatar.create_avatar_object(bpy.context, g, np.zeros(1, np.float32), name="Avatar", location=(0, 0, 0))
         cam = batch.frame_camera(scene, obj, args.resolution)
+        if args.drive:
+            drive(scene, obj, args.ply, args.drive, args.frame)
         batch.setup_cycles(scene, args.samples)  # white world, Standard view, PNG; Cycles settings
         if args.engine == "eevee":
             scene.render.engine = eevee_engine_id(scene)
@@ -80,6 +91,31 @@ def main(argv=None) -> dict:
     (args.out / f"blender_{args.engine}.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info))
     return info
+
+
+def drive(scene, obj, ply: Path, performance: Path, frame: int) -> None:
+    """Make ``obj`` the avatar Generate Avatar would have made from ``ply`` + sidecar, key
+    ``performance`` on it from frame 1 and show frame ``frame`` (exact: background mode)."""
+    import numpy as np
+
+    from blender_addon import editing, engine, expressions
+    from fastavatar_engine.expressions import ExpressionSequence
+    from fastavatar_engine.gaussians import pack_gaussians
+
+    side = json.loads(ply.with_suffix(".fastavatar.json").read_text())
+    code = np.asarray(side["code_w"], np.float32)
+    obj["fastavatar_code"] = [float(v) for v in code]
+    expressions.set_head(obj, side["head_identity"])
+    parents = np.asarray(side.get("parents") or [], np.int64)
+    editing.set_parents(obj, parents)
+    base = editing.expand_to_parents(pack_gaussians(engine.get_client().decode(code)[0]), parents)
+    editing.set_residual(obj.data, editing.read_packed(obj.data) - base)
+    seq = ExpressionSequence.load(performance)
+    expressions.key_performance(obj, scene, seq.fps, seq.coefficients_for(expressions.EXPRESSION_NAMES),
+                                seq.rotations, seq.translations, start=1)
+    scene.frame_set(frame)
+    if frame in editing.frame_errors:
+        raise RuntimeError(editing.frame_errors[frame])
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ from fastavatar_engine.gaussians import PACKED_COLUMNS, pack_gaussians, unpack_g
 from . import avatar as avatar_mod
 from . import engine
 from . import expressions as expr_mod
+from .fcurves import fcurves as _fcurves  # noqa: F401 (tests and the driver read curves through editing)
+from .fcurves import remove_fcurve as _remove_fcurve
 from .avatar import read_packed, write_packed  # noqa: F401 (the editing API works on packed arrays)
 
 DIRECTIONS_KEY = "fastavatar_directions"
@@ -162,29 +164,6 @@ def remove_direction(obj, name: str) -> None:
     group = obj.get(DIRECTIONS_KEY)
     if group is not None and name in group:
         del group[name]
-
-
-def _fcurves(action):
-    """Every F-curve of ``action`` (legacy ``action.fcurves`` before 4.4, layered actions after)."""
-    if hasattr(action, "layers") and len(getattr(action, "layers", [])):
-        out = []
-        for layer in action.layers:
-            for strip in layer.strips:
-                for bag in getattr(strip, "channelbags", []):
-                    out.extend(bag.fcurves)
-        return out
-    return list(getattr(action, "fcurves", []))
-
-
-def _remove_fcurve(action, fc):
-    if hasattr(action, "layers") and len(getattr(action, "layers", [])):
-        for layer in action.layers:
-            for strip in layer.strips:
-                for bag in getattr(strip, "channelbags", []):
-                    if fc in list(bag.fcurves):
-                        bag.fcurves.remove(fc)
-                        return
-    action.fcurves.remove(fc)
 
 
 # ---------------------------------------------------------------------- effective state

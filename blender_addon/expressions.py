@@ -32,6 +32,8 @@ import numpy as np
 
 from fastavatar_engine.expressions.names import EXPRESSION_NAMES, grouped  # noqa: F401 (the panel uses grouped)
 
+from .fcurves import fcurves, remove_fcurve
+
 HEAD_KEY = "fastavatar_head"
 REST_KEY = "fastavatar_rest_matrix"
 POSE_PATHS = (("location", 3), ("rotation_quaternion", 4))
@@ -82,8 +84,8 @@ def values(obj) -> np.ndarray:
 
 
 def set_values(obj, coefficients) -> None:
-    """Set the 53 coefficients (clipped to [0, 1]) and refresh the avatar once. Raises ValueError
-    for another count."""
+    """Set the 53 coefficients (clipped to [0, 1]) without the 53 per-slider refreshes; the caller
+    refreshes the avatar once (``editing.on_parameter_changed``). Raises ValueError for another count."""
     c = np.asarray(coefficients, np.float64).ravel()
     if c.size != len(EXPRESSION_NAMES) or not np.isfinite(c).all():
         raise ValueError(f"expected {len(EXPRESSION_NAMES)} finite coefficients, got {c.size}")
@@ -95,9 +97,6 @@ def set_values(obj, coefficients) -> None:
             setattr(e, name, float(v))
     finally:
         _suspended = False
-    from . import editing
-
-    editing.on_parameter_changed(obj)
 
 
 def suspended() -> bool:
@@ -171,24 +170,20 @@ def frame_times(n: int, seq_fps: float, scene, start: float) -> np.ndarray:
 
 def clear_keys(obj, pose: bool = True) -> None:
     """Remove the F-curves of the expression coefficients (and with ``pose`` the keyed head pose)."""
-    from .editing import _fcurves, _remove_fcurve
-
     ad = obj.animation_data
     if ad is None or ad.action is None:
         return
     paths = {f"fastavatar.expression.{n}" for n in EXPRESSION_NAMES}
     if pose and REST_KEY in obj:
         paths |= {p for p, _ in POSE_PATHS}
-    for fc in [fc for fc in _fcurves(ad.action) if fc.data_path in paths]:
-        _remove_fcurve(ad.action, fc)
+    for fc in [fc for fc in fcurves(ad.action) if fc.data_path in paths]:
+        remove_fcurve(ad.action, fc)
 
 
 def _set_curve(obj, data_path: str, index: int, frames: np.ndarray, vals: np.ndarray) -> None:
     """Key ``vals`` [F] at ``frames`` [F] on one F-curve, replacing its keys, linear in between."""
-    from .editing import _fcurves
-
     obj.keyframe_insert(data_path, index=index, frame=float(frames[0]))  # creates the curve on every API
-    fc = next(f for f in _fcurves(obj.animation_data.action)
+    fc = next(f for f in fcurves(obj.animation_data.action)
               if f.data_path == data_path and f.array_index == max(index, 0))
     kp = fc.keyframe_points
     while len(kp) > 1:

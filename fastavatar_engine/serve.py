@@ -29,6 +29,8 @@ from .protocol import (
     encode_frame, error_header, gaussian_arrays,
 )
 from .gaussians import pack_gaussians
+from .serve_errors import Cancelled as _Cancelled
+from .serve_errors import RequestError
 from .serve_expressions import ExpressionRequests
 
 log = logging.getLogger("fastavatar.serve")
@@ -43,16 +45,6 @@ CURVATURE_STEP = 0.25
 MAX_TRAIN_CODES = 100_000
 
 
-class RequestError(Exception):
-    """A request that cannot be served; ``kind`` is one of protocol.ERROR_KINDS."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-class _Cancelled(Exception):
-    pass
 
 
 class Engine(ExpressionRequests):

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .serve_errors import Cancelled, RequestError
+
 #: Longest sequence the ``track`` request returns (frames; ~9 h at 30 fps).
 MAX_TRACK_FRAMES = 1_000_000
 
@@ -49,7 +51,6 @@ class ExpressionRequests:
 
     def expression(self, header, arrays, emit, cancelled):
         from .animate import expression_basis, expression_delta, rest_decode
-        from .serve import RequestError, _Cancelled
 
         t = time.perf_counter()
         w = self._code(arrays)
@@ -70,12 +71,11 @@ class ExpressionRequests:
             try:
                 out["basis"], out["columns"] = expression_basis(self.model, w, head, cancelled, rest=rest)
             except InterruptedError:
-                raise _Cancelled() from None
+                raise Cancelled() from None
         return {"model_id": self.model.model_id, "elapsed_ms": round(1e3 * (time.perf_counter() - t), 2)}, out
 
     def track(self, header, arrays, emit, cancelled):
         from .expressions import ExpressionFileError, ExpressionSequence
-        from .serve import RequestError, _Cancelled
 
         if self.model.head_template is None:
             raise RequestError("bad_request", "this engine has no head model: expressions are unavailable")
@@ -114,7 +114,7 @@ class ExpressionRequests:
                     seq = track(src, identity=identity, fps=fps, smooth=float(smooth), progress=progress,
                                 neutral=NEUTRAL_PERCENTILE)
                 except TrackCancelled:
-                    raise _Cancelled() from None
+                    raise Cancelled() from None
         except ExpressionFileError as exc:
             raise RequestError("image", str(exc)) from None
         if seq.num_frames > MAX_TRACK_FRAMES:

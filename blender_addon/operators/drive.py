@@ -9,7 +9,7 @@ import os
 import bpy
 from bpy.props import IntProperty, StringProperty
 
-from .. import engine, expressions
+from .. import editing, engine, expressions
 from .jobs import JobModal, active_avatar
 
 
@@ -105,6 +105,7 @@ class FASTAVATAR_OT_reset_expression(bpy.types.Operator):
         if obj is None:
             return {"CANCELLED"}
         expressions.set_values(obj, [0.0] * len(expressions.EXPRESSION_NAMES))
+        editing.on_parameter_changed(obj)
         return {"FINISHED"}
 
 
@@ -129,4 +130,5 @@ class FASTAVATAR_OT_clear_performance(bpy.types.Operator):
             obj.matrix_basis = Matrix(np.asarray(rest, np.float64).reshape(4, 4).tolist())
             del obj[expressions.REST_KEY]
         expressions.set_values(obj, [0.0] * len(expressions.EXPRESSION_NAMES))
+        editing.on_parameter_changed(obj)
         return {"FINISHED"}
