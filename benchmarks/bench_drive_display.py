@@ -67,6 +67,7 @@ def main():
     from fastavatar_engine.expressions import ExpressionSequence
     from fastavatar_engine.generate import AvatarGenerator, save_avatar
     from fastavatar_engine.ply import write_ply
+    from machine import emit
     from run_all import machine
 
     rows = []
@@ -107,11 +108,7 @@ def main():
               "command": "python benchmarks/bench_drive_display.py " + " ".join(sys.argv[1:]),
               "avatar": "default Generate (fit 40) of skimage astronaut", "frame": FRAME,
               "resolution": args.resolution, "samples": args.samples, "rows": rows}
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ object. Reported:
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -79,7 +78,7 @@ def main():
     import blender_addon
     from blender_addon import avatar as avatar_mod
     from blender_addon import editing, expressions
-    from machine import cpu_description
+    from machine import cpu_description, emit
 
     blender_addon.register()
     try:
@@ -136,11 +135,7 @@ def main():
                                        "max": round(float(err.max()), 3), "largest_motion": round(motion, 2)}}
     finally:
         blender_addon.unregister()
-    text = json.dumps(result, indent=1)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

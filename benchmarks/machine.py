@@ -22,3 +22,15 @@ def cpu_description() -> str:
     fl = set(flags)
     return (f"{name}; avx512f={'avx512f' in fl}, avx512_bf16={'avx512_bf16' in fl}, amx={'amx_tile' in fl}; "
             f"{os.cpu_count()} CPU threads")
+
+
+def emit(result: dict, out=None) -> None:
+    """Print a benchmark's JSON ``result`` and, with ``out``, write it there too (folders created)."""
+    import json
+    from pathlib import Path
+
+    text = json.dumps(result, indent=1)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
+    print(text)
