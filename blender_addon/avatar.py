@@ -98,19 +98,25 @@ def splat_positions(data) -> np.ndarray:
     return co.reshape(n, 3)
 
 
-def _native_columns(p: np.ndarray) -> dict[str, np.ndarray]:
-    """Blender's splat attributes (name -> [N, k] float32) from packed Gaussians [N, 59]."""
-    f64 = p.astype(np.float64)
-    alpha = 1.0 / (1.0 + np.exp(-f64[:, _COL["opacity"]]))
-    q = f64[:, _COL["rot_0"]:_COL["rot_0"] + 4]
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+def _native_columns(p: np.ndarray, names=None) -> dict[str, np.ndarray]:
+    """Blender's splat attributes (name -> [N, k] float32) from packed Gaussians [N, 59]: every
+    one of :data:`NATIVE_ATTRIBUTES`, or only ``names``."""
+    names = set(NATIVE_ATTRIBUTES if names is None else names)
+    out = {}
+    if "position" in names:
+        out["position"] = p[:, :3]
+    if "radiance:base" in names:
+        alpha = 1.0 / (1.0 + np.exp(-p[:, _COL["opacity"]].astype(np.float64)))
+        out["radiance:base"] = np.concatenate([p[:, _COL["f_dc_0"]:_COL["f_dc_0"] + 3], alpha[:, None]], 1)
+    if "scale" in names:
+        out["scale"] = np.exp(p[:, _COL["scale_0"]:_COL["scale_0"] + 3].astype(np.float64))
+    if "rotation" in names:
+        q = p[:, _COL["rot_0"]:_COL["rot_0"] + 4].astype(np.float64)
+        out["rotation"] = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     rest = _COL["f_rest_0"]
-    out = {"position": p[:, :3],
-           "radiance:base": np.concatenate([p[:, _COL["f_dc_0"]:_COL["f_dc_0"] + 3], alpha[:, None]], 1),
-           "scale": np.exp(f64[:, _COL["scale_0"]:_COL["scale_0"] + 3]),
-           "rotation": q}
     for k in range(15):
-        out[f"radiance:sh_{k}"] = p[:, [rest + k, rest + 15 + k, rest + 30 + k]]
+        if f"radiance:sh_{k}" in names:
+            out[f"radiance:sh_{k}"] = p[:, [rest + k, rest + 15 + k, rest + 30 + k]]
     return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
 
 
@@ -183,14 +189,14 @@ def write_packed(mesh, packed: np.ndarray) -> None:
 def write_packed_columns(mesh, packed: np.ndarray, columns) -> None:
     """Write only the packed ``columns`` (indices into :data:`PACKED_COLUMNS`) of ``packed`` [N, 59]
     to an avatar that already has N splats and every attribute (the face rig's previews move
-    means, log-scales and rotations only). Raises ValueError for another splat count."""
+    means, log-scales and rotations only); the Blender attributes those columns feed are
+    rewritten as :func:`write_packed` writes them. Raises ValueError for another splat count."""
     p = np.asarray(packed, np.float32)
     cols = sorted({int(c) for c in columns})
     if p.ndim != 2 or p.shape[1] != len(PACKED_COLUMNS) or splat_count(mesh) != len(p):
         raise ValueError(f"packed Gaussians must be [{splat_count(mesh)}, {len(PACKED_COLUMNS)}], got {list(p.shape)}")
     names = [PACKED_COLUMNS[c] for c in cols if c >= 3]
     if is_splat_cloud(mesh):
-        native = _native_columns(p)  # cheap next to the attribute writes; keeps one conversion
         wanted = {"position"} if any(c < 3 for c in cols) else set()
         wanted |= {"scale"} if any(n.startswith("scale_") for n in names) else set()
         wanted |= {"rotation"} if any(n.startswith("rot_") for n in names) else set()
@@ -198,6 +204,7 @@ def write_packed_columns(mesh, packed: np.ndarray, columns) -> None:
             wanted.add("radiance:base")
         if any(n.startswith("f_rest_") for n in names):
             wanted |= {f"radiance:sh_{k}" for k in range(15)}
+        native = _native_columns(p, wanted)  # only what these columns feed (scrubbing's hot path)
         for name in wanted:
             data_type, key = NATIVE_ATTRIBUTES[name]
             _attribute(mesh, name, data_type).data.foreach_set(key, native[name].ravel())

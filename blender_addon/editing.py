@@ -349,9 +349,8 @@ def editable(obj) -> bool:
         return True
     if not _has_rig(obj):
         return False
-    c = _cache.get(obj.session_uid)
-    return bool(expr_mod.values(obj).any() or (c is not None and c.get("params") and any(c["params"]))
-                or (c is not None and c.get("shown") and any(c["shown"])))
+    c = _cache.get(obj.session_uid)  # an expression still shown must be taken back to rest
+    return bool(expr_mod.values(obj).any() or (c is not None and any(c.get("shown") or ())))
 
 
 def refresh(obj, interactive: bool) -> None:
@@ -502,7 +501,8 @@ def _snapshot(obj) -> dict:
         amts.append(0.0)
     head = expr_mod.effective_head(obj)
     return {"base": st.base, "rows": rows, "amounts": amts, "residual": st.residual, "mix_extra": st.mix_residual,
-            "parents": st.parents, "head": head, "expression": expr_mod.values(obj) if head is not None else None}
+            "parents": st.parents, "head": head, "code": st.edited_code,
+            "expression": expr_mod.values(obj) if head is not None else None}
 
 
 def _exact_from_snapshot(s: dict, tangents: bool = True):
@@ -526,8 +526,7 @@ def _exact_from_snapshot(s: dict, tangents: bool = True):
         tans[0][-1] = tans[0][-1] + s["mix_extra"]  # the residual mixes linearly
     head = s.get("head")
     if head is not None:  # the face rig: the expression's exact change, and the linear rig for previews
-        code = s["base"] + (np.asarray(s["amounts"], np.float32) @ np.stack(s["rows"]) if s["rows"] else 0)
-        delta, rig = expr_mod.exact_delta(client, code, head, s["expression"], basis=tangents)
+        delta, rig = expr_mod.exact_delta(client, s["code"], head, s["expression"], basis=tangents)
         # (the rig depends on the code and head only: expr_mod caches it per pair)
         if delta is not None:
             packed = packed + expand_to_parents(delta, parents)

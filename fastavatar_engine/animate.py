@@ -38,19 +38,19 @@ class Animator:
     model) or was made by another model."""
 
     def __init__(self, model, avatar):
-        from .edit import EditError, _plain
-
         if avatar.head is None:
             raise AnimateError("the avatar carries no head shape (made without the head model): it cannot be driven")
         if avatar.model_id != model.model_id:
             raise AnimateError(f"the avatar was made by model {avatar.model_id!r}, not {model.model_id!r}")
         self.model, self.avatar = model, avatar
         self.packed = pack_gaussians(avatar.gaussians)
-        try:
-            _plain(model, avatar.code, avatar.head, len(self.packed), avatar.parents)  # the model decodes its rows
-        except EditError as exc:
-            raise AnimateError(str(exc)) from None
         self.rest = rest_decode(model, avatar.code, avatar.head)  # D(e)'s constant half, once per avatar
+        parents = np.zeros(0, np.int64) if avatar.parents is None else np.asarray(avatar.parents)
+        if len(parents) and parents.max() >= len(self.rest):
+            raise AnimateError(f"grown Gaussians name parent {int(parents.max())}, the model has {len(self.rest)} Gaussians")
+        if len(self.packed) != len(self.rest) + len(parents):
+            raise AnimateError(f"the avatar has {len(self.packed)} Gaussians, the model decodes {len(self.rest)} "
+                               f"(+ {len(parents)} grown): another model?")
 
     def gaussians(self, expression, pose=None) -> GaussianSet:
         """The avatar with ``expression`` [53] (ARKit, head model order, in [0,1], relative to the
