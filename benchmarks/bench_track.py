@@ -9,6 +9,10 @@
   the avatar's head: RMS error per driven coefficient and over the jaw, mouth, blink and brow
   coefficients, and the head rotation error (the tracker's reference camera differs from the
   render camera by a constant rotation, removed by its mean).
+* **Round trip, oracle landmarks** (``--oracle``: this part only, no avatar): the same
+  coefficients and poses on the head model itself, its 478 landmarks projected exactly instead of
+  rendered and detected, then the same tracker: the error the fit alone adds (labelled oracle: a
+  user's frames always go through rendering/photography and MediaPipe).
 * **GRID**: each clip of ``../shared/data/video/grid`` tracked (with the speaker's own head,
   fitted from the clip's first frames: the speaker is not the avatar's person), the avatar driven by it
   (``fastavatar animate``, at the avatar's photo camera), MediaPipe's lip gap (13-14 over 61-291)
@@ -50,9 +54,76 @@ def mouth_eyes(front_end, img):
     return d(13, 14) / d(61, 291), 0.5 * (d(159, 145) / d(33, 133) + d(386, 374) / d(362, 263))
 
 
-def round_trip(gen, av, frames: int = 60, size: int = 320) -> dict:
+def performance(names, frames: int):
+    """(E [frames,53] relative coefficients, yaw/pitch/roll [frames,3] degrees) of the round trip."""
+    t = np.arange(frames) / 25.0
+    E = np.zeros((frames, 53))
+    wave = lambda period, shift=0.0: np.clip(np.sin(2 * np.pi * (t - shift) / period), 0, 1)  # noqa: E731
+    E[:, names.index("jawOpen")] = 0.25 * (1 - np.cos(2 * np.pi * t / 1.2))
+    for side in ("_L", "_R"):
+        E[:, names.index("eyeBlink" + side)] = np.clip(1.5 - np.abs(t - 1.0) / 0.1, 0, 1)
+        E[:, names.index("browInnerUp" + side)] = 0.6 * wave(2.4)
+        E[:, names.index("mouthSmile" + side)] = 0.6 * wave(2.4, 1.2)
+    ypr = np.stack([15 * np.sin(2 * np.pi * t / 2.4), 8 * np.sin(2 * np.pi * t / 1.6), 5 * np.sin(2 * np.pi * t / 3)], 1)
+    return E, ypr
+
+
+def head_motion(ypr, ctr) -> np.ndarray:
+    """[4,4] the head's rotation by yaw/pitch/roll ``ypr`` [3] degrees about the point ``ctr`` [3]."""
     from scipy.spatial.transform import Rotation
 
+    M = np.eye(4)
+    M[:3, :3] = Rotation.from_euler("yxz", ypr, degrees=True).as_matrix()
+    M[:3, 3] = ctr - M[:3, :3] @ ctr
+    return M
+
+
+def scores(names, E, C, Ms, Mt) -> dict:
+    """RMS per driven coefficient and over the visible ones; rotation error (mean offset removed)."""
+    from scipy.spatial.transform import Rotation
+
+    frames = len(E)
+    vis = [i for i, n in enumerate(names) if n.startswith(("jaw", "mouth", "eyeBlink", "brow"))]
+    offset = Rotation.from_matrix(np.array([Mt[k] @ Ms[k][:3, :3].T for k in range(frames)])).mean().as_matrix()
+    err = [np.degrees(Rotation.from_matrix(Mt[k].T @ offset @ Ms[k][:3, :3]).magnitude()) for k in range(frames)]
+    return {"rms_driven": {n: round(float(np.sqrt(np.mean((C[:, names.index(n)] - E[:, names.index(n)]) ** 2))), 3)
+                           for n in DRIVEN},
+            "rms_visible_all": round(float(np.sqrt(np.mean((C[:, vis] - E[:, vis]) ** 2))), 3),
+            "rotation_error_deg": {"mean": round(float(np.mean(err)), 2), "max": round(float(np.max(err)), 2)}}
+
+
+def round_trip_oracle(frames: int = 60, size: int = 320) -> dict:
+    """The round trip with the head model's landmarks projected exactly (module docstring)."""
+    from fastavatar_engine.cameras import intrinsics, orbit_c2w, viewmat_from_c2w
+    from fastavatar_engine.expressions.video import EXPRESSION_WEIGHT, NEUTRAL_PERCENTILE
+    from fastavatar_engine.head.basis import load_head_model
+    from fastavatar_engine.head.landmarks import LandmarkBinding
+    from fastavatar_engine.head.track import HeadTracker
+
+    m = load_head_model()
+    names, head = m.expression_names, m.rest_identity()
+    rest = np.asarray(m.registration["rest_expression"], np.float64)
+    marks = LandmarkBinding.from_json(m.registration["landmarks"])
+    ctr = m.vertices(head)[m.landmarks68].mean(0)
+    c2w, K = orbit_c2w(0, 0, 0.55, ctr), intrinsics(1.6 * size, 1.6 * size, size / 2, size / 2)
+    E, ypr = performance(names, frames)
+    tracker = HeadTracker(head, K, expression_weight=EXPRESSION_WEIGHT)
+    C, Ms, Mt = [], [], []
+    for k in range(frames):
+        Ms.append(head_motion(ypr[k], ctr))
+        P = marks.points(m.vertices(head, rest + E[k]), m.triangles)
+        P[~np.isfinite(P).all(1)] = P[1]  # the iris points (not on the skin) are not fitted
+        vm = viewmat_from_c2w(np.linalg.inv(Ms[k]) @ c2w)
+        Xc = P @ vm[:3, :3].T + vm[:3, 3]
+        fr = tracker.step(K[0, 0] * Xc[:, :2] / Xc[:, 2:3] + K[:2, 2])
+        C.append(fr.expression)
+        Mt.append(fr.rotation)  # head -> camera: the render camera's rotation times M_k (removed by scores)
+    C = np.array(C)
+    C = np.clip(C - np.percentile(C, NEUTRAL_PERCENTILE, axis=0), 0, 1)  # as track()'s neutral calibration
+    return {"frames": frames, "landmarks": "oracle: the head model's, projected", **scores(names, E, C, Ms, Mt)}
+
+
+def round_trip(gen, av, frames: int = 60, size: int = 320) -> dict:
     from fastavatar_engine.animate import expression_delta
     from fastavatar_engine.cameras import intrinsics, orbit_c2w
     from fastavatar_engine.gaussians import pack_gaussians, unpack_gaussians
@@ -63,35 +134,17 @@ def round_trip(gen, av, frames: int = 60, size: int = 320) -> dict:
     names = m.expression_names
     ctr = m.vertices(av.head)[m.landmarks68].mean(0)
     c2w, K = orbit_c2w(0, 0, 0.55, ctr), intrinsics(1.6 * size, 1.6 * size, size / 2, size / 2)
-    t = np.arange(frames) / 25.0
-    E = np.zeros((frames, 53))
-    wave = lambda period, shift=0.0: np.clip(np.sin(2 * np.pi * (t - shift) / period), 0, 1)  # noqa: E731
-    E[:, names.index("jawOpen")] = 0.25 * (1 - np.cos(2 * np.pi * t / 1.2))
-    for side in ("_L", "_R"):
-        E[:, names.index("eyeBlink" + side)] = np.clip(1.5 - np.abs(t - 1.0) / 0.1, 0, 1)
-        E[:, names.index("browInnerUp" + side)] = 0.6 * wave(2.4)
-        E[:, names.index("mouthSmile" + side)] = 0.6 * wave(2.4, 1.2)
-    ypr = np.stack([15 * np.sin(2 * np.pi * t / 2.4), 8 * np.sin(2 * np.pi * t / 1.6), 5 * np.sin(2 * np.pi * t / 3)], 1)
+    E, ypr = performance(names, frames)
     imgs, Ms = [], []
     base = pack_gaussians(av.gaussians)
     for k in range(frames):
-        M = np.eye(4)
-        M[:3, :3] = Rotation.from_euler("yxz", ypr[k], degrees=True).as_matrix()
-        M[:3, 3] = ctr - M[:3, :3] @ ctr  # about the face's centre
+        M = head_motion(ypr[k], ctr)  # about the face's centre
         Ms.append(M)
         g = unpack_gaussians(base + expression_delta(gen.model, av.code, av.head, E[k], av.parents))
         imgs.append(render_to_uint8(g, np.linalg.inv(M) @ c2w, K, size, size))
     seq = track(imgs, identity=av.head, fps=25, smooth=0.0)
-    C = seq.coefficients
-    vis = [i for i, n in enumerate(names) if n.startswith(("jaw", "mouth", "eyeBlink", "brow"))]
     Mt = [seq.head_matrix(k)[:3, :3] for k in range(frames)]
-    offset = Rotation.from_matrix(np.array([Mt[k] @ Ms[k][:3, :3].T for k in range(frames)])).mean().as_matrix()
-    err = [np.degrees(Rotation.from_matrix(Mt[k].T @ offset @ Ms[k][:3, :3]).magnitude()) for k in range(frames)]
-    return {"frames": frames, "size": size,
-            "rms_driven": {n: round(float(np.sqrt(np.mean((C[:, names.index(n)] - E[:, names.index(n)]) ** 2))), 3)
-                           for n in DRIVEN},
-            "rms_visible_all": round(float(np.sqrt(np.mean((C[:, vis] - E[:, vis]) ** 2))), 3),
-            "rotation_error_deg": {"mean": round(float(np.mean(err)), 2), "max": round(float(np.max(err)), 2)},
+    return {"frames": frames, "size": size, **scores(names, E, seq.coefficients, Ms, Mt),
             "timing": seq.extra.get("timing")}
 
 
@@ -130,7 +183,17 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=None, help="how many GRID clips (default all)")
     ap.add_argument("--size", type=int, default=512, help="driven frames' longer side (pixels)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--oracle", action="store_true", help="only the round trip on oracle landmarks (seconds)")
     args = ap.parse_args()
+    if args.oracle:
+        result = {"benchmark": "track_oracle", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
+                  "command": "python benchmarks/bench_track.py " + " ".join(sys.argv[1:]),
+                  "round_trip_oracle": round_trip_oracle()}
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
 
     import tempfile
 
