@@ -45,7 +45,6 @@ def main() -> None:
     from fastavatar_engine.face.types import Face
     from fastavatar_engine.head import load_head_model
     from fastavatar_engine.head.fit import fit_head
-    from fastavatar_engine.head.landmarks import LandmarkBinding
     from fastavatar_engine.head.template import BoundTemplate
     from fastavatar_engine.model.io import FastAvatarModel
 
@@ -59,7 +58,7 @@ def main() -> None:
         deform = _median_ms(lambda: bt.deform(identity=ident), args.repeats)
         deform_ex = _median_ms(lambda: bt.deform(identity=ident, expression=expr), args.repeats)
     m = load_head_model()
-    lb = LandmarkBinding.from_json(m.registration["landmarks"])
+    lb = m.landmark_binding()
     pts = lb.points(m.vertices(ident * 0.5, expr), m.triangles)
     pts[~lb.valid] = pts[lb.valid].mean(0)
     K = intrinsics(1400.0, 1400.0, 256, 320)

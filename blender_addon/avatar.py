@@ -189,7 +189,7 @@ def write_packed(mesh, packed: np.ndarray) -> None:
 def write_packed_columns(mesh, packed: np.ndarray, columns) -> None:
     """Write only the packed ``columns`` (indices into :data:`PACKED_COLUMNS`) of ``packed`` [N, 59]
     to an avatar that already has N splats and every attribute (the face rig's previews move
-    means, log-scales and rotations only); the Blender attributes those columns feed are
+    means, log-scales, rotations and, for the blinks, opacity); the Blender attributes those columns feed are
     rewritten as :func:`write_packed` writes them. Raises ValueError for another splat count."""
     p = np.asarray(packed, np.float32)
     cols = sorted({int(c) for c in columns})

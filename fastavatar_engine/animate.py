@@ -104,7 +104,8 @@ def expression_delta(model, code, head, expression, parents=None, rest=None) -> 
 
 def expression_basis(model, code, head, cancelled=None, rest=None) -> tuple[np.ndarray, np.ndarray]:
     """(basis [53, K, C] float32, columns [C] int32): ``D(unit_k)`` for each shape k, restricted to
-    the C packed columns any shape moves (means, log-scales, rotations). The linear rig
+    the C packed columns any shape moves (means, log-scales, rotations; opacity for the blinks,
+    :mod:`fastavatar_engine.head.eyes`). The linear rig
     ``sum_k e_k basis_k`` previews ``D(e)`` (exact for one shape at 0 or 1). ``cancelled()``
     returning True stops it with ``InterruptedError``."""
     rest = rest_decode(model, code, head) if rest is None else rest

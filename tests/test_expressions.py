@@ -175,7 +175,11 @@ def test_expressions_are_relative_to_the_avatars_own_and_the_rig_is_linear_per_s
     np.testing.assert_array_equal(grown[-2:], grown[parents])  # grown Gaussians move with their parent
     basis, cols = expression_basis(model, w, head)
     assert basis.shape == (53, model.decoder.num_gaussians, len(cols)) and set(cols) >= {0, 1, 2}
-    assert not set(cols) & set(range(3, 52))  # colours and opacity never move
+    assert not set(cols) & set(range(3, 51))  # colours never move
+    moves = np.abs(basis[:, :, list(cols).index(51)]).max(1) > 0  # opacity: the blinks, on the eyes' carriers
+    assert [NAMES[k] for k in np.flatnonzero(moves)] == ["eyeBlink_L", "eyeBlink_R"]
+    opacity_rows = np.flatnonzero(np.abs(basis[:, :, list(cols).index(51)]).max(0) > 0)
+    np.testing.assert_array_equal(opacity_rows, np.sort(model.head_template.eyes.carriers))
     unit = np.zeros(53)
     unit[NAMES.index("mouthSmile_R")] = 1.0
     np.testing.assert_allclose(basis[NAMES.index("mouthSmile_R")], expression_delta(model, w, head, unit)[:, cols],
@@ -200,9 +204,10 @@ def test_tracks_are_calibrated_to_the_performers_neutral():
 def test_tracker_follows_a_turning_head_from_exact_landmarks():
     """The tracker on landmarks made by the head model itself, frame after frame: every warm frame
     lands where a cold fit (PnP start, the photo fit's schedule) of the same frame lands (within
-    0.25 deg, jaw within 0.03), and both within 1.2 deg of the truth, jaw within 0.05. (Not
+    0.6 deg, jaw within 0.03), and both within 1.2 deg of the truth, jaw within 0.03. (Not
     closer: the fit matches the cheek and jaw contour landmarks to the mesh's silhouette, and
-    these synthetic ones lie on the mesh inside it; at 25 deg of yaw that costs ~1 deg.)"""
+    these synthetic ones lie on the mesh inside it; at 25 deg of yaw that costs ~1 deg, and the
+    warm and cold fits settle up to 0.56 deg apart there, each within 0.91 deg of the truth.)"""
     from fastavatar_engine.face.pose import default_intrinsics
     from fastavatar_engine.head.track import FRONT, HeadTracker
 
@@ -225,8 +230,9 @@ def test_tracker_follows_a_turning_head_from_exact_landmarks():
         assert (k == 0) == fw.cold and fc.cold and not fw.lost
         truth = V_cam[:3, :3] @ M[:3, :3]
         angle = lambda R1, R2: np.degrees(Rotation.from_matrix(R1 @ R2.T).magnitude())  # noqa: E731
-        assert angle(fw.rotation, fc.rotation) < 0.25 and abs(fw.expression[jaw] - fc.expression[jaw]) < 0.03, k
-        assert angle(fw.rotation, truth) < 1.2 and abs(fw.expression[jaw] - e[jaw]) < 0.05, k
+        assert angle(fw.rotation, fc.rotation) < 0.6 and abs(fw.expression[jaw] - fc.expression[jaw]) < 0.03, k
+        assert angle(fw.rotation, truth) < 1.2 and angle(fc.rotation, truth) < 1.2, k
+        assert abs(fw.expression[jaw] - e[jaw]) < 0.03, k
     with pytest.raises(ValueError, match="478"):
         warm.step(np.zeros((10, 2)))
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,10 +205,9 @@ def _FakeFace(uv, size):
 
 def _synthetic_face(ident, expr, c2w, K, size):
     from fastavatar_engine.cameras import project_points
-    from fastavatar_engine.head.landmarks import LandmarkBinding
 
     m = load_head_model()
-    lb = LandmarkBinding.from_json(m.registration["landmarks"])
+    lb = m.landmark_binding()
     pts = lb.points(m.vertices(ident, expr), m.triangles)
     pts[~lb.valid] = pts[lb.valid].mean(0)  # iris: unused by the fit
     uv, _ = project_points(pts, c2w, K)

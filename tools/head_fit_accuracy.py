@@ -65,12 +65,11 @@ def main() -> None:
     from fastavatar_engine.face.triangulate import triangulate_subject
     from fastavatar_engine.head import load_head_model
     from fastavatar_engine.head.fit import fit_head
-    from fastavatar_engine.head.landmarks import LandmarkBinding
     from fastavatar_engine.head.register import umeyama
     from fastavatar_engine.train.data import head_frame_transform
 
     model = load_head_model()
-    lb = LandmarkBinding.from_json(model.registration["landmarks"])
+    lb = model.landmark_binding()
     tpl = load_landmark_template().points
     rows, summary = [], {}
     from fastavatar_engine.face.segment import PersonSegmenter

@@ -107,7 +107,9 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
     least 3 pixels of the fit's image; the second children are added rows with parents too.
     With ``mouth`` (default) and a head shape, the stage also adds the mouth interior, a dark
     curtain behind the lips that an expression's open jaw reveals
-    (:func:`fastavatar_engine.fitting.mouth.mouth_interior`; rows with parents, like grown ones).
+    (:func:`fastavatar_engine.fitting.mouth.mouth_interior`; rows with parents, like grown ones),
+    and after the fit a closed-lid sheet over each eye that a blink reveals
+    (:func:`fastavatar_engine.fitting.eyelids.add_eyelids`).
 
     ``mode``: ``"full"`` (= ``"auto"``) is the paper's refinement, the code and all decoder
     weights jointly (``lr_code``, ``lr_decoder``); ``"heads"`` computes the shared body once,
@@ -285,6 +287,12 @@ def refine(gen, avatar, image: np.ndarray, steps: int = 300, progress=None,
                 preview(current().to_numpy())
     if detail is not None:
         g_fit, avatar.parents = detail.result()
+        if mouth and avatar.head is not None:  # the closed lids a blink shows (fitting/eyelids.py)
+            from .eyelids import add_eyelids
+
+            with torch.no_grad():
+                g_fit, avatar.parents = add_eyelids(gen.model, stage.code.detach().cpu().numpy(), avatar.head, g_fit,
+                                                    avatar.parents)
     else:
         with torch.no_grad():
             g_fit, avatar.parents = current(), None

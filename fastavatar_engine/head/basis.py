@@ -88,6 +88,18 @@ class HeadModel:
         self.scale, self.R, self.t = s, R, t
         self.registration = dict(reg)
 
+    def landmark_binding(self):
+        """The 478 MediaPipe landmarks as points on this head's surface
+        (:class:`~.landmarks.LandmarkBinding`): the registration's, with the lower inner lip on
+        the lower lip (:func:`~.landmarks.separate_inner_lips`). Built once per registration."""
+        from .landmarks import LandmarkBinding, separate_inner_lips
+
+        cached = self.__dict__.get("_landmark_binding")
+        if cached is None or cached[0] is not self.registration:
+            lb = separate_inner_lips(LandmarkBinding.from_json(self.registration["landmarks"]), self)
+            cached = self.__dict__["_landmark_binding"] = (self.registration, lb)
+        return cached[1]
+
     @property
     def num_vertices(self) -> int:
         return int(self.neutral_cm.shape[0])

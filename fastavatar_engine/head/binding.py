@@ -189,6 +189,22 @@ class HeadBinding:
         offset = np.einsum("nji,nj->ni", R0, P - p0) / k0[:, None]
         return cls(triangles=T, tri=best_t, bary=best_b, offset=offset, rest_R=R0, rest_k=k0)
 
+    def rows(self, idx) -> "HeadBinding":
+        """The binding of the Gaussians ``idx`` [M] (int indices) only, on the same triangles."""
+        idx = np.asarray(idx, np.int64)
+        return HeadBinding(self.triangles, self.tri[idx], self.bary[idx], self.offset[idx], self.rest_R[idx],
+                           self.rest_k[idx], self.max_offset_scale)
+
+    def with_rows(self, idx, other: "HeadBinding") -> "HeadBinding":
+        """A copy with the Gaussians ``idx`` [M] bound as ``other`` (a binding of M Gaussians on
+        the same triangles) binds them."""
+        idx = np.asarray(idx, np.int64)
+        out = HeadBinding(self.triangles, self.tri.copy(), self.bary.copy(), self.offset.copy(), self.rest_R.copy(),
+                          self.rest_k.copy(), self.max_offset_scale)
+        out.tri[idx], out.bary[idx], out.offset[idx] = other.tri, other.bary, other.offset
+        out.rest_R[idx], out.rest_k[idx] = other.rest_R, other.rest_k
+        return out
+
     def deform(self, vertices, rotations=None, log_scales=None):
         """The bound Gaussians carried by the mesh ``vertices`` [V,3] (torch, metres, any float
         dtype, differentiable): their centres from the stored barycentric points and offsets.

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..face.landmarks import IRIS_LANDMARKS
 from .basis import NUM_EXPRESSION, NUM_IDENTITY, HeadModel, load_head_model
-from .landmarks import CONTOUR, LandmarkBinding, contour_candidates
+from .landmarks import CONTOUR, contour_candidates
 
 #: Fit settings (see :func:`fit_head`); measured on the 48 calibrated sample views.
 LANDMARK_SIGMA = 0.01     # landmark noise, as a fraction of the face size
@@ -110,7 +110,7 @@ class _Problem:
 
         self.model = model
         self.nid = num_identity
-        self.binding = lb = LandmarkBinding.from_json(model.registration["landmarks"])
+        self.binding = lb = model.landmark_binding()
         fixed = [i for i in range(478) if lb.tri[i] >= 0 and i not in IRIS_LANDMARKS and i not in CONTOUR]
         self.fixed = np.asarray(fixed)
         self.reliability = np.ones(len(fixed))
@@ -359,13 +359,16 @@ def fit_head(faces, Ks=None, model: HeadModel | None = None, num_identity: int =
                    reason=reason, seconds=time.perf_counter() - t0, fallback=init)
 
 
-def _assign(prob: _Problem, m: HeadModel, a, e, R, t, f: float, pp, uv, outline, scale: float, V=None):
+def _assign(prob: _Problem, m: HeadModel, a, e, R, t, f: float, pp, uv, outline, scale: float, V=None,
+            smooth_normals: bool = False):
     """A round's assignments for one photo, at identity ``a`` [nid], expression ``e`` [53] and
     camera ``R`` [3,3], ``t`` [3], focal ``f`` and principal point ``pp`` (pixels): the fixed
     landmarks' visibility weights [L] (from their mesh normals), the contour landmarks' candidate
     vertices [len(CONTOUR)] (the nearest silhouette candidates in the image) and the mask
     outline's (vertex ids, target x) (:func:`_silhouette_targets`; empty without a mask).
-    ``V``: the head's [V,3] vertices at ``a``, ``e`` when the caller has them (a tracker)."""
+    ``V``: the head's [V,3] vertices at ``a``, ``e`` when the caller has them (a tracker).
+    ``smooth_normals``: visibility from the surface around each landmark
+    (:func:`_smoothed_landmark_normals`) instead of its own triangle's."""
     import torch
 
     lm_B, c_B = prob.numpy_bases()
@@ -382,7 +385,8 @@ def _assign(prob: _Problem, m: HeadModel, a, e, R, t, f: float, pp, uv, outline,
     lb_pts = prob.lm_mean.numpy() + lm_B @ c
     view = cam_c[None] - lb_pts
     view /= np.linalg.norm(view, axis=1, keepdims=True)
-    cosv = (_landmark_normals(prob, V) * view).sum(1)
+    normals = _smoothed_landmark_normals(prob, V) if smooth_normals else _landmark_normals(prob, V)
+    cosv = (normals * view).sum(1)
     vis_w = np.clip(cosv / 0.3, 0.05, 1.0) * prob.reliability
     cn = prob.normals(V, prob.cand)
     cview = cam_c[None] - V[prob.cand]
@@ -498,6 +502,39 @@ def _landmark_normals(prob: _Problem, V: np.ndarray) -> np.ndarray:
     """[L,3] unit normals of the fixed landmarks' triangles on the mesh ``V`` [V,3]."""
     T = prob.tris[prob.binding.tri[prob.fixed]]
     n = np.cross(V[T[:, 1]] - V[T[:, 0]], V[T[:, 2]] - V[T[:, 0]])
+    return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+
+#: Radius (metres, on the neutral head) of the surface whose mean normal decides a landmark's
+#: visibility in :func:`_smoothed_landmark_normals`.
+SMOOTH_RADIUS = 0.016
+
+
+def _smoothed_landmark_normals(prob: _Problem, V: np.ndarray) -> np.ndarray:
+    """[L,3] unit normals of the fixed landmarks: the mean vertex normal of the mesh ``V`` within
+    :data:`SMOOTH_RADIUS` of each (picked once on the neutral head). A landmark's own triangle
+    faces away from the camera on the lid and lip margins, where the skin turns into the eye
+    socket or the mouth, although the margin is in plain view: with its own normal the tracker
+    gave the eyelid landmarks the floor weight (0.05) on a frontal face, so a blink that
+    MediaPipe saw (lid gap 7.8 -> 3.8 px) was fitted as no blink at all (issue 22)."""
+    from scipy.sparse import csr_matrix
+    from scipy.spatial import cKDTree
+
+    cache = prob.__dict__.get("_smooth")
+    if cache is None:
+        neutral = prob.model.vertices()
+        pts = prob.binding.points(neutral, prob.tris)[prob.fixed]
+        near = cKDTree(neutral).query_ball_point(pts, r=SMOOTH_RADIUS)
+        near = [n if n else [int(prob.tris[prob.binding.tri[i], 0])] for n, i in zip(near, prob.fixed)]
+        idx = np.unique(np.concatenate(near))
+        pos = np.full(len(neutral), -1, np.int64)
+        pos[idx] = np.arange(len(idx))
+        rows = np.repeat(np.arange(len(near)), [len(n) for n in near])
+        cols = pos[np.concatenate(near)]
+        cache = prob.__dict__["_smooth"] = (idx, csr_matrix((np.ones(len(rows)), (rows, cols)),
+                                                            shape=(len(near), len(idx))))
+    idx, A = cache
+    n = A @ prob.normals(V, idx)
     return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
 
 

@@ -22,6 +22,11 @@ import numpy as np
 CONTOUR = (356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58,
            132, 93, 234, 127)
 
+#: MediaPipe's lower inner-lip landmarks (corner to corner, without the corners 78 and 308).
+LOWER_INNER_LIP = (95, 88, 178, 87, 14, 317, 402, 318, 324)
+#: A lower-lip triangle: all its vertices move at least this far (metres) under jawOpen 1.
+LOWER_LIP_MOTION = 0.015
+
 #: Anchor pairs (MediaPipe index, Multi-PIE 68 index) used to start the registration: eye corners,
 #: nose tip, subnasale, mouth corners, lip midpoints, chin, nasion.
 ANCHORS_MP_TO_68 = ((33, 36), (133, 39), (362, 42), (263, 45), (1, 30), (2, 33), (61, 48), (291, 54),
@@ -72,6 +77,34 @@ class LandmarkBinding:
     @classmethod
     def from_json(cls, d: dict) -> "LandmarkBinding":
         return cls(tri=np.array(d["tri"]), bary=np.array(d["bary"]))
+
+
+def separate_inner_lips(binding: LandmarkBinding, model) -> LandmarkBinding:
+    """``binding`` with the lower inner-lip landmarks (:data:`LOWER_INNER_LIP`) moved onto the
+    lower lip: on the closest point of a triangle that jawOpen 1 moves by at least
+    :data:`LOWER_LIP_MOTION` (the head model ``model`` at its rest identity and expression).
+
+    The registration triangulated the landmarks on closed mouths, where the inner lips touch,
+    and bound the lower ones to the same upper-lip points as the upper ones: the lip gap
+    (landmarks 13-14) of the registered head stayed at 0.004 of the mouth's width for every
+    jawOpen, so a fit could not see a parted mouth and tracked speech (GRID: lip gaps of 0.15-0.2)
+    as jawOpen 0.1-0.2 (issue 22)."""
+    from .binding import HeadBinding
+
+    names = list(model.expression_names)
+    rest = np.asarray(model.registration.get("rest_expression", np.zeros(len(names))), np.float64)
+    ident = model.rest_identity()
+    jaw = rest.copy()
+    jaw[names.index("jawOpen")] += 1.0
+    V0, V1 = model.vertices(ident, rest), model.vertices(ident, jaw)
+    moving = (np.linalg.norm(V1 - V0, axis=1) >= LOWER_LIP_MOTION)[model.triangles].all(1)
+    idx = np.array([i for i in LOWER_INNER_LIP if binding.tri[i] >= 0])
+    if not len(idx) or not moving.any():
+        return binding
+    found = HeadBinding.bind(binding.points(V0, model.triangles)[idx], V0, model.triangles, allowed_triangles=moving)
+    tri, bary = binding.tri.copy(), binding.bary.copy()
+    tri[idx], bary[idx] = found.tri, found.bary
+    return LandmarkBinding(tri=tri, bary=bary)
 
 
 def contour_candidates(vertices_cm: np.ndarray, binding: LandmarkBinding, triangles: np.ndarray,

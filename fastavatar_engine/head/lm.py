@@ -64,12 +64,14 @@ class HeadProblem:
     """The objective of :func:`solve` for P photos sharing ``nid`` identity coefficients.
 
     ``terms`` [P] :class:`PhotoTerms`; ``data_weight``, ``identity_weight``, ``expression_weight``
-    and ``delta`` (the Huber threshold in residual units) as in :mod:`.fit`."""
+    (the L1 weight: one for all coefficients, or [53] per coefficient) and ``delta`` (the Huber
+    threshold in residual units) as in :mod:`.fit`."""
 
     def __init__(self, terms: list[PhotoTerms], nid: int, data_weight: float, identity_weight: float,
                  expression_weight: float, delta: float):
         self.terms, self.nid = terms, nid
-        self.dw, self.iw, self.ew, self.delta = data_weight, identity_weight, expression_weight, delta
+        self.dw, self.iw, self.delta = data_weight, identity_weight, delta
+        self.ew = expression_weight if np.ndim(expression_weight) == 0 else np.asarray(expression_weight, np.float64)
         self.P = len(terms)
 
     def _residuals(self, t: PhotoTerms, R, tv, c):
@@ -86,7 +88,7 @@ class HeadProblem:
         for t, R, tv, e in zip(self.terms, rots, tvecs, exprs):
             r, _, _ = self._residuals(t, R, tv, np.r_[a, e])
             rho = np.linalg.norm(r, axis=1)
-            total += self.dw * float((t.weight * _huber(rho, self.delta)).sum()) / t.norm + self.ew * float(e.sum())
+            total += self.dw * float((t.weight * _huber(rho, self.delta)).sum()) / t.norm + float(np.sum(self.ew * e))
         return total / self.P + self.iw * float(a @ a)
 
     def normal_equations(self, a, rots, tvecs, exprs):

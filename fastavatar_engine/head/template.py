@@ -9,7 +9,10 @@ the template on another head: identity coefficients [100] (the photographed pers
 the rest expression, so the template keeps its own expression and a photo's is not baked in).
 
 Only skin triangles bind (the face and the head-and-neck part); the Gaussians of hair, ears,
-shoulders bind to their closest skin triangle with an offset (:mod:`.binding`).
+shoulders bind to their closest skin triangle with an offset (:mod:`.binding`); those around
+the lip seam bind to their own lip (:mod:`.lips`). The Gaussians inside the eye openings are
+the eyeball's and no expression moves them; a blink raises the opacity of the eye's core
+instead (:mod:`.eyes`, :meth:`BoundTemplate.opacity_offsets`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 
 from .basis import NUM_EXPRESSION, NUM_IDENTITY, HeadModel, load_head_model
 from .binding import HeadBinding
+from .eyes import EyeRig
+from .lips import bind_lips
 
 
 class BoundTemplate:
@@ -41,6 +46,7 @@ class BoundTemplate:
         self.log_scales = torch.as_tensor(np.asarray(log_scales), dtype=torch.float32)
         self.rotations = torch.as_tensor(np.asarray(rotations), dtype=torch.float32)
         self.binding = HeadBinding.bind(self.means.double().numpy(), rest, self.model.triangles)
+        self.binding = bind_lips(self.binding, self.means.double().numpy(), rest, self.model, self.rest_expression)
         self._rest_coeffs = np.r_[self.rest_identity, self.rest_expression]
         # only the vertices of bound triangles are evaluated: the binding indexes them locally
         tris = self.model.triangles
@@ -48,6 +54,8 @@ class BoundTemplate:
         lut = np.full(self.model.num_vertices, -1, np.int64)
         lut[self.used] = np.arange(len(self.used))
         self.binding.triangles = lut[tris]
+        self.eyes = EyeRig(self.means.double().numpy(), rest, self.model)
+        self._eye_binding = self.binding.rows(self.eyes.rows)
 
     def coefficients(self, identity=None, expression=None) -> np.ndarray:
         """[153] float64 head coefficients (identity first) with the rest values where None.
@@ -81,11 +89,29 @@ class BoundTemplate:
 
     def deform(self, identity=None, expression=None):
         """``(means [K,3], log_scales [K,3], rotations [K,4])`` float32 torch: the template on the
-        head with these coefficients (None: the rest value). Rotations keep the template's norms."""
-        V = self.vertices(self.coefficients(identity, expression))
+        head with these coefficients (None: the rest value). Rotations keep the template's norms.
+        The eye rows (``eyes.rows``) are carried at the rest expression whatever the expression."""
+        import torch
+
+        c = self.coefficients(identity, expression)
+        V = self.vertices(c)
         mu, rot, ls = self.binding.deform(V, self.rotations, self.log_scales)
+        if len(self.eyes.rows) and not np.array_equal(c[NUM_IDENTITY:], self.rest_expression):
+            still = self.vertices(self.coefficients(identity, None), dtype=V.dtype)
+            i = torch.as_tensor(self.eyes.rows)
+            mu_e, rot_e, ls_e = self._eye_binding.deform(still, self.rotations[i].to(V.dtype),
+                                                         self.log_scales[i].to(V.dtype))
+            mu, rot, ls = mu.index_put((i,), mu_e), rot.index_put((i,), rot_e), ls.index_put((i,), ls_e)
         rot = rot * self.rotations.norm(dim=-1, keepdim=True)
         return mu, ls, rot
+
+    def opacity_offsets(self, expression) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows [C] int64, logits [C] float64) to add to the decoded opacities at ``expression``
+        [53] (absolute; None: the rest expression), or None when nothing changes (:mod:`.eyes`)."""
+        if expression is None or not len(self.eyes.carriers):
+            return None
+        delta = self.eyes.opacity_offsets(self.coefficients(None, expression)[NUM_IDENTITY:], self.rest_expression)
+        return (self.eyes.carriers, delta) if delta.any() else None
 
     def is_rest(self, identity=None, expression=None) -> bool:
         return np.allclose(self.coefficients(identity, expression), self._rest_coeffs)

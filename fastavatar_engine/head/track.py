@@ -26,6 +26,13 @@ import numpy as np
 
 from .basis import NUM_EXPRESSION, NUM_IDENTITY, HeadModel, load_head_model
 
+#: L1 weight on the gaze shapes (eyeLookDown/In/Out/Up) while tracking: high enough to hold them
+#: at 0. ICT's eyeLookDown also lowers the upper lid, and the tracker fits no iris, so free gaze
+#: shapes explained a blink as a downward look: on a driven avatar's rendered blink (MediaPipe's
+#: lid gap 7.8 -> 3.8 px) the cold fit gave eyeLookDown 0.7-1.0 and eyeBlink 0 (issue 22).
+#: The avatar's eyeballs do not turn either (:mod:`.eyes`).
+GAZE_WEIGHT = 100.0
+
 #: OpenCV camera axes of a camera in front of the head looking at it: x right, y down, z forward.
 FRONT = np.diag([1.0, -1.0, -1.0])
 
@@ -57,6 +64,8 @@ class HeadTracker:
             current pose, then solves: a turning head moves its silhouette).
         lost_rms_face: a frame whose RMS landmark error exceeds this fraction of the face size is
             reported and the next frame starts cold.
+        expression_weight: the L1 weight on the expression coefficients (default the photo
+            fit's); the gaze shapes (eyeLook*) get :data:`GAZE_WEIGHT` instead.
     Raises ``ValueError`` for a malformed identity or K.
     """
 
@@ -77,7 +86,8 @@ class HeadTracker:
         self.rounds = int(rounds)
         from .fit import EXPRESSION_WEIGHT
 
-        self.expression_weight = float(EXPRESSION_WEIGHT if expression_weight is None else expression_weight)
+        w = float(EXPRESSION_WEIGHT if expression_weight is None else expression_weight)
+        self.expression_weight = np.array([GAZE_WEIGHT if n.startswith("eyeLook") else w for n in m.expression_names])
         self._state = None  # (R, t, e) of the last good frame
         # the head at this identity and its expression deltas, engine frame: V(e) = V0 + e @ E
         self._V0 = m.vertices(a, None)
@@ -115,7 +125,8 @@ class HeadTracker:
         none = np.zeros(0)
         for _ in range(rounds):
             V = self._V0 + np.tensordot(e, self._E, axes=1)
-            vis_w, ci, _ = _assign(self.prob, self.model, self.identity, e, R, t, f, pp, uv, None, scale, V=V)
+            vis_w, ci, _ = _assign(self.prob, self.model, self.identity, e, R, t, f, pp, uv, None, scale, V=V,
+                                   smooth_normals=True)
             terms = photo_terms(self.prob, uv, vis_w, ci, none.astype(np.int64), none, scale, f, pp,
                                 identity=self.identity)
             problem = HeadProblem([terms], 0, DATA_WEIGHT, IDENTITY_WEIGHT, self.expression_weight, 3.0)

@@ -19,7 +19,7 @@ release predicts them per image with a separate DINOv2 geometry model, which is 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +92,15 @@ class FastAvatarModel:
         ``head``: None (the model's own template) or identity coefficients [100] of the head
         model: the template bound to that person's head (:meth:`decoder_for`). ``expression``:
         None (the template's rest expression) or the 53 ARKit coefficients in [0,1] (head model
-        order) the bound template takes; needs the head model."""
-        return self.decoder_for(head, expression)(self.check_code(w))
+        order) the bound template takes; needs the head model. A blink also raises the opacity
+        of the eyes' core Gaussians (:meth:`~fastavatar_engine.head.template.BoundTemplate.opacity_offsets`)."""
+        g = self.decoder_for(head, expression)(self.check_code(w))
+        off = None if expression is None else self.head_template.opacity_offsets(expression)
+        if off is not None:
+            rows = torch.as_tensor(off[0], device=g.opacity_logits.device)
+            delta = torch.as_tensor(off[1], dtype=g.opacity_logits.dtype, device=g.opacity_logits.device)
+            g = replace(g, opacity_logits=g.opacity_logits.index_add(0, rows, delta))
+        return g
 
     @property
     def head_template(self):
