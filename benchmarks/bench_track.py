@@ -13,6 +13,9 @@
   coefficients and poses on the head model itself, its 478 landmarks projected exactly instead of
   rendered and detected, then the same tracker: the error the fit alone adds (labelled oracle: a
   user's frames always go through rendering/photography and MediaPipe).
+* **Round trip, several people** (``--round-trip-people``, London ids held out of training;
+  default 003, 007, 018, 061: two women and two men, 003's brows under a fringe): the same on
+  each one's default avatar, per person and the mean.
 * **GRID**: each clip of ``../shared/data/video/grid`` tracked (with the speaker's own head,
   fitted from the clip's first frames: the speaker is not the avatar's person), the avatar driven by it
   (``fastavatar animate``, at the avatar's photo camera), MediaPipe's lip gap (13-14 over 61-291)
@@ -42,6 +45,16 @@ from machine import cpu_description  # noqa: E402
 os.environ.setdefault("GLOG_minloglevel", "2")
 DATA = ROOT.parent / "shared" / "data"
 DRIVEN = ("jawOpen", "eyeBlink_L", "eyeBlink_R", "browInnerUp_L", "browInnerUp_R", "mouthSmile_L", "mouthSmile_R")
+
+
+#: A clip whose speaker blinks: the source's eye opening (over the eye's width) spans at least this.
+#: Without a blink it spans 0.03-0.05 (gaze and noise), and a correlation of two flat curves says little.
+BLINK_RANGE = 0.1
+
+
+def _mean(values):
+    v = [x for x in values if x is not None]
+    return round(float(np.mean(v)), 3) if v else None
 
 
 def mouth_eyes(front_end, img):
@@ -86,9 +99,11 @@ def scores(names, E, C, Ms, Mt) -> dict:
     vis = [i for i, n in enumerate(names) if n.startswith(("jaw", "mouth", "eyeBlink", "brow"))]
     offset = Rotation.from_matrix(np.array([Mt[k] @ Ms[k][:3, :3].T for k in range(frames)])).mean().as_matrix()
     err = [np.degrees(Rotation.from_matrix(Mt[k].T @ offset @ Ms[k][:3, :3]).magnitude()) for k in range(frames)]
+    per = np.sqrt(np.mean((C[:, vis] - E[:, vis]) ** 2, axis=0))
     return {"rms_driven": {n: round(float(np.sqrt(np.mean((C[:, names.index(n)] - E[:, names.index(n)]) ** 2))), 3)
                            for n in DRIVEN},
             "rms_visible_all": round(float(np.sqrt(np.mean((C[:, vis] - E[:, vis]) ** 2))), 3),
+            "rms_visible_worst": {names[vis[j]]: round(float(per[j]), 3) for j in np.argsort(-per)[:8]},
             "rotation_error_deg": {"mean": round(float(np.mean(err)), 2), "max": round(float(np.max(err)), 2)}}
 
 
@@ -97,13 +112,12 @@ def round_trip_oracle(frames: int = 60, size: int = 320) -> dict:
     from fastavatar_engine.cameras import intrinsics, orbit_c2w, viewmat_from_c2w
     from fastavatar_engine.expressions.video import EXPRESSION_WEIGHT, NEUTRAL_PERCENTILE
     from fastavatar_engine.head.basis import load_head_model
-    from fastavatar_engine.head.landmarks import LandmarkBinding
     from fastavatar_engine.head.track import HeadTracker
 
     m = load_head_model()
     names, head = m.expression_names, m.rest_identity()
     rest = np.asarray(m.registration["rest_expression"], np.float64)
-    marks = LandmarkBinding.from_json(m.registration["landmarks"])
+    marks = m.landmark_binding()
     ctr = m.vertices(head)[m.landmarks68].mean(0)
     c2w, K = orbit_c2w(0, 0, 0.55, ctr), intrinsics(1.6 * size, 1.6 * size, size / 2, size / 2)
     E, ypr = performance(names, frames)
@@ -168,6 +182,7 @@ def grid(gen, avatar_path, clips: list, size: int) -> list:
         ok = np.isfinite(src).all(1) & np.isfinite(drv).all(1)
         corr = [float(np.corrcoef(src[ok, j], drv[ok, j])[0, 1]) if ok.sum() > 2 else None for j in (0, 1)]
         rows.append({"clip": Path(clip).name, "frames": len(frames), "frames_scored": int(ok.sum()),
+                     "source_eye_range": round(float(np.ptp(src[ok, 1])), 3) if ok.any() else None,
                      "lip_gap_correlation": None if corr[0] is None else round(corr[0], 3),
                      "eye_opening_correlation": None if corr[1] is None else round(corr[1], 3),
                      "tracking_fps": seq.extra["timing"]["total_fps"]})
@@ -180,7 +195,9 @@ def main() -> None:
     default_photo = DATA / "london" / "neutral" / "003_03.jpg"
     ap.add_argument("--photo", default=str(default_photo) if default_photo.is_file() else None,
                     help="the avatar's photo (default London 003, held out of training; else the astronaut)")
-    ap.add_argument("--clips", type=int, default=None, help="how many GRID clips (default all)")
+    ap.add_argument("--round-trip-people", default="003,007,018,061",
+                    help="London people (held out of training) whose avatars also do the round trip; '' for none")
+    ap.add_argument("--clips", type=int, default=None, help="how many GRID clips (default all; 0: none)")
     ap.add_argument("--size", type=int, default=512, help="driven frames' longer side (pixels)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--oracle", action="store_true", help="only the round trip on oracle landmarks (seconds)")
@@ -215,6 +232,21 @@ def main() -> None:
         ply, _ = save_avatar(av, Path(tmp) / "avatar.ply")
         rt = round_trip(gen, av)
         print(json.dumps({"round_trip": rt}), file=sys.stderr, flush=True)
+        people = {}
+        for pid in [p for p in args.round_trip_people.split(",") if p.strip()]:
+            path = DATA / "london" / "neutral" / f"{pid.strip()}_03.jpg"
+            if path.is_file() and args.photo and Path(args.photo).resolve() == path.resolve():
+                people[pid.strip()] = r = rt  # the main avatar's
+            elif path.is_file():
+                people[pid.strip()] = r = round_trip(gen, gen.generate(str(path), refine_steps=40))
+                print(json.dumps({"round_trip_" + pid: r}), file=sys.stderr, flush=True)
+        panel = None
+        if people:
+            rows = list(people.values())
+            panel = {"people": people,
+                     "rms_visible_all_mean": round(float(np.mean([r["rms_visible_all"] for r in rows])), 3),
+                     "rms_driven_mean": {n: round(float(np.mean([r["rms_driven"][n] for r in rows])), 3) for n in DRIVEN},
+                     "rotation_error_deg_mean": round(float(np.mean([r["rotation_error_deg"]["mean"] for r in rows])), 2)}
         anim = Animator(gen.model, read_coded_avatar(ply))
         e = np.zeros(53)
         with torch.no_grad():
@@ -230,10 +262,12 @@ def main() -> None:
     eye = [r["eye_opening_correlation"] for r in rows if r["eye_opening_correlation"] is not None]
     result = {"benchmark": "track", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/bench_track.py " + " ".join(sys.argv[1:]), "avatar_photo": name,
-              "round_trip": rt, "driven_frame_decode_ms": round(decode_ms, 1),
+              "round_trip": rt, "round_trip_people": panel, "driven_frame_decode_ms": round(decode_ms, 1),
               "grid": {"clips": len(rows), "lip_gap_correlation_mean": round(float(np.mean(lip)), 3) if lip else None,
                        "lip_gap_correlation_min": round(float(np.min(lip)), 3) if lip else None,
                        "eye_opening_correlation_mean": round(float(np.mean(eye)), 3) if eye else None,
+                       "eye_opening_correlation_mean_blinking": _mean([r["eye_opening_correlation"] for r in rows
+                                                                       if (r["source_eye_range"] or 0) >= BLINK_RANGE]),
                        "rows": rows},
               "time_s": round(time.perf_counter() - t_all, 1)}
     if args.out:
