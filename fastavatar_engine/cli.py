@@ -289,6 +289,33 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch.inputs import BatchInputError
+    from .batch.run import run_batch
+
+    if args.fit is not None and args.fit < 0:
+        raise CliError(f"--fit must be >= 0, got {args.fit}")
+    import contextlib
+    import os
+
+    sys.stderr.flush()
+    user_stderr = os.fdopen(os.dup(2), "w")  # the progress line, past the native-log silencing
+    try:  # stdout carries the summary only: Ray's driver prints worker deaths there
+        with _QuietNativeStderr(not args.verbose), contextlib.redirect_stdout(user_stderr):
+            summary = run_batch(args.input, args.out_dir, workers=args.workers, address=args.address, fit=args.fit,
+                                preview=not args.no_preview, retries=args.retries, skip_failed=args.skip_failed,
+                                weights=args.weights, device=args.device, stream=user_stderr)
+    except (BatchInputError, ValueError, ImportError, RuntimeError) as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        user_stderr.close()
+    print(json.dumps({k: v for k, v in summary.items() if k != "failures"} | {"failures": summary["failures"][:20]},
+                     indent=1))
+    if summary["interrupted"]:
+        return 130
+    return 1 if summary["failed"] else 0
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
@@ -420,6 +447,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="torch device (default cpu)")
     g.add_argument("--verbose", action="store_true", help="keep MediaPipe's native log lines on stderr")
     g.set_defaults(func=cmd_generate)
+
+    b = sub.add_parser("batch", help="many photos -> avatars, resumable (manifest.jsonl); Ray workers optional",
+                       description="Writes OUT_DIR/<name>.ply, .fastavatar.json and .png per photo, appends each "
+                                   "result to OUT_DIR/manifest.jsonl and skips what it holds as done on a re-run. "
+                                   "Exit status 1 when any photo failed, 130 when interrupted.")
+    b.add_argument("input", help="a folder of photos, a glob pattern (quoted), or a .txt/.csv list of photo paths")
+    b.add_argument("out_dir", help="output folder (the manifest and the summary go here too)")
+    b.add_argument("--workers", type=int, default=1, help="warm engines in parallel (more than 1 needs Ray)")
+    b.add_argument("--address", default=None, help="a Ray cluster to run on (ray start --head prints it; or 'auto')")
+    b.add_argument("--fit", type=int, default=None, metavar="N",
+                   help="likeness-fit steps per photo (default: fastavatar generate's; 0: feed-forward only)")
+    b.add_argument("--retries", type=int, default=2, help="more tries for a photo whose worker died (default 2)")
+    b.add_argument("--skip-failed", action="store_true", help="a re-run does not retry photos that failed")
+    b.add_argument("--no-preview", action="store_true", help="no preview strip PNG per photo")
+    b.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
+    b.add_argument("--device", default=None, help="torch device (default cpu; cuda on a Ray cluster with GPUs)")
+    b.add_argument("--verbose", action="store_true", help="keep MediaPipe's native log lines on stderr")
+    b.set_defaults(func=cmd_batch)
 
     x = sub.add_parser("export", help="convert an INRIA PLY to .ply / .splat / .spz / .glb (KHR_gaussian_splatting)")
     x.add_argument("ply", help="INRIA 3DGS PLY (e.g. from fastavatar generate; engine frame, y up)")

@@ -1,0 +1,143 @@
+"""``fastavatar batch`` in process (issue 23): INPUT forms, the manifest, hostile photos recorded as
+failed while the rest succeed, and a re-run after a killed run that redoes only what was not
+finished. Outputs are read back with the independent plyfile reader."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastavatar_engine.batch.inputs import BatchInputError, collect_jobs
+from fastavatar_engine.batch.manifest import ManifestWriter, finished, read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    from PIL import Image
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()).save(d / "astronaut.jpg", quality=92)
+    return d / "astronaut.jpg"
+
+
+def test_input_forms_and_unique_names(tmp_path, photo):
+    (tmp_path / "a").mkdir()
+    for name in ("b.png", "a.jpg", "notes.txt"):
+        (tmp_path / "a" / name).write_bytes(b"x")
+    assert [j.name for j in collect_jobs(tmp_path / "a")] == ["a", "b"]  # images only, sorted
+    lst = tmp_path / "list.txt"
+    lst.write_text("# a crowd\na/a.jpg\n\na/a.jpg\n" + str(photo) + "\na/a_2.jpg\n")
+    jobs = collect_jobs(lst)
+    assert [j.name for j in jobs] == ["a", "a_2", "astronaut", "a_2_2"]  # repeats and clashes kept apart
+    assert jobs[0].photo == str(tmp_path / "a" / "a.jpg")  # relative to the list's folder
+    csv = tmp_path / "list.csv"
+    csv.write_text("id,photo\n1,a/b.png\n2,a/a.jpg\n")
+    assert [j.photo for j in collect_jobs(csv)] == [str(tmp_path / "a" / "b.png"), str(tmp_path / "a" / "a.jpg")]
+    assert [j.name for j in collect_jobs(str(tmp_path / "a" / "*.png"))] == ["b"]
+    for bad in (tmp_path / "nothing", str(tmp_path / "*.webp")):
+        with pytest.raises(BatchInputError):
+            collect_jobs(bad)
+
+
+def test_manifest_survives_a_cut_last_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    out = tmp_path / "x.ply"
+    out.write_bytes(b"ply")
+    with ManifestWriter(path) as w:
+        w.append({"name": "x", "status": "failed", "error": "E: no face"})
+        w.append({"name": "x", "status": "done", "outputs": {"ply": str(out)}})
+    with open(path, "ab") as fh:
+        fh.write(b'{"name": "y", "status": "do')  # killed mid-write
+    recs = read_manifest(path)
+    assert set(recs) == {"x"} and finished(recs["x"])  # the last record wins; the cut line is skipped
+    with ManifestWriter(path) as w:  # the next record starts on its own line
+        w.append({"name": "y", "status": "failed", "error": "E"})
+    assert read_manifest(path)["y"]["status"] == "failed"
+    out.unlink()
+    assert not finished(read_manifest(path)["x"])  # done but its output is gone: redo
+    assert not finished(read_manifest(path)["y"]) and finished(read_manifest(path)["y"], skip_failed=True)
+
+
+def _hostile(d: Path) -> list[str]:
+    from PIL import Image
+
+    (d / "not_an_image.jpg").write_text("hello")
+    good = (d / "good.jpg").read_bytes() if (d / "good.jpg").exists() else None
+    (d / "truncated.jpg").write_bytes(good[: len(good) // 3] if good else b"\xff\xd8\xff")
+    Image.new("RGB", (1, 1)).save(d / "tiny.png")
+    # a PNG whose header claims 20000 x 20000 pixels (400 Mpx) over a few bytes of data
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    (d / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+                                 + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    return ["missing.jpg", "not_an_image.jpg", "truncated.jpg", "tiny.png", "huge.png"]
+
+
+def _cli(*args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "fastavatar_engine", "batch", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_hostile_photos_fail_with_reasons_while_the_rest_succeed(tmp_path, photo):
+    from plyfile import PlyData
+
+    (tmp_path / "good.jpg").write_bytes(photo.read_bytes())
+    bad = _hostile(tmp_path)
+    (tmp_path / "list.txt").write_text("\n".join(["good.jpg", *bad, "good.jpg"]) + "\n")
+    r = _cli(tmp_path / "list.txt", tmp_path / "out", "--fit", "0")
+    assert r.returncode == 1, r.stderr[-2000:]  # some failed
+    summary = json.loads(r.stdout)
+    assert (summary["jobs"], summary["done"], summary["failed"], summary["pending"]) == (7, 2, 5, 0)
+    recs = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    errors = {n: recs[n]["error"] for n in ("missing", "not_an_image", "truncated", "tiny", "huge")}
+    assert "not found" in errors["missing"] and "truncated" in errors["truncated"]
+    assert "too small" in errors["tiny"] and "too large" in errors["huge"] and "format" in errors["not_an_image"]
+    for name in ("good", "good_2"):
+        assert recs[name]["status"] == "done"
+        ply = PlyData.read(recs[name]["outputs"]["ply"])
+        assert ply["vertex"].count > 5000 and np.isfinite(ply["vertex"]["x"]).all()
+        assert json.loads(Path(recs[name]["outputs"]["metadata"]).read_text())["photo"].endswith("good.jpg")
+        assert Path(recs[name]["outputs"]["preview"]).stat().st_size > 1000
+    assert json.loads((tmp_path / "out" / "batch_summary.json").read_text())["failed"] == 5
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_killed_run_redoes_only_what_was_not_finished(tmp_path, photo):
+    (tmp_path / "list.txt").write_text(f"{photo}\n" * 6)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    p = subprocess.Popen([sys.executable, "-m", "fastavatar_engine", "batch", str(tmp_path / "list.txt"), str(out),
+                          "--fit", "0", "--no-preview"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_manifest(out / "manifest.jsonl")) < 2:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL)  # no chance to clean up
+    p.wait(timeout=60)
+    first = read_manifest(out / "manifest.jsonl")
+    assert 2 <= len(first) < 6, "the run ended before it could be killed"
+    r = _cli(tmp_path / "list.txt", out, "--fit", "0", "--no-preview")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert summary["skipped_finished"] == len(first) and summary["ran"] == 6 - len(first) and summary["done"] == 6
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines() if x.strip().startswith("{")
+             and x.strip().endswith("}")]
+    names = [rec["name"] for rec in lines]
+    assert sorted(set(names)) == ["astronaut"] + [f"astronaut_{k}" for k in range(2, 7)]
+    assert len(names) == 6  # none done twice, none lost
+    assert not list(out.glob(".*.tmp"))  # no partial file left behind by the kill, or renamed in its place
