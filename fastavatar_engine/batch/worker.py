@@ -6,7 +6,8 @@ job, reads the photo, generates (feed-forward), runs the likeness fit (``fit`` s
 default of ``fastavatar generate``), and writes ``OUT/<name>.ply``, its ``.fastavatar.json``
 sidecar and ``OUT/<name>.png`` (the preview strip of ``fastavatar generate --preview``), each
 atomically (written under a temporary name, then renamed). It never raises for a bad photo: the
-record it returns says what failed and why.
+record it returns says what failed and why. A record names its worker (``host:pid``) and, on
+Ray, its node.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class PhotoWorker:
         self.gen = AvatarGenerator(weights, device=device, embedder=embedder)
         self.startup_s = time.perf_counter() - t
         self.id = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = _ray_node()
 
     def pid(self) -> int:
         """This worker's process id (the batch's tests kill it)."""
@@ -58,6 +60,8 @@ class PhotoWorker:
 
         job = job if isinstance(job, Job) else Job(**job)
         rec = {"name": job.name, "photo": job.photo, "attempt": attempt, "worker": self.id}
+        if self.node:
+            rec["node"] = self.node
         seconds: dict[str, float] = {}
         t0 = t = time.perf_counter()
         try:
@@ -86,3 +90,13 @@ class PhotoWorker:
 
     def close(self) -> None:
         self.gen.close()
+
+
+def _ray_node() -> str | None:
+    """The Ray node id this worker runs on (as an actor), else None."""
+    import sys
+
+    ray = sys.modules.get("ray")  # only when Ray started this process: never imported here otherwise
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
