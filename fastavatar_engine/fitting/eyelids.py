@@ -70,7 +70,7 @@ def eyelid_sheet(model, code, head, g: GaussianTensors, parents) -> tuple[Gaussi
     [M] int64 template rows (carriers)) for :func:`add_eyelids`, or None."""
     from scipy.spatial import cKDTree
 
-    from ..animate import expression_delta
+    from ..animate import expression_delta, rest_decode
     from ..head.eyes import BLINK_GAIN, EYE_MARGIN, eye_openings
 
     bt = model.head_template
@@ -90,10 +90,11 @@ def eyelid_sheet(model, code, head, g: GaussianTensors, parents) -> tuple[Gaussi
     eye_row = is_eye[origin]
     openings = eye_openings(np.asarray(hm.vertices(head, bt.rest_expression), np.float64), hm)
     pos, par, logit, colour = [], [], [], []
+    rest = rest_decode(model, code, head)  # one rest decode for both eyes' closed positions
     for op in openings:
         blink = np.zeros(53)
         blink[hm.expression_names.index(op.blink)] = 1.0
-        mu1 = mu + expression_delta(model, code, head, blink, parents)[:, :3]
+        mu1 = mu + expression_delta(model, code, head, blink, parents, rest=rest)[:, :3]
         carriers = bt.eyes.carriers[op.inside(mu[bt.eyes.carriers], EYE_MARGIN)]
         if not len(carriers):
             continue

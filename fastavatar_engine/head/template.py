@@ -97,13 +97,22 @@ class BoundTemplate:
         V = self.vertices(c)
         mu, rot, ls = self.binding.deform(V, self.rotations, self.log_scales)
         if len(self.eyes.rows) and not np.array_equal(c[NUM_IDENTITY:], self.rest_expression):
-            still = self.vertices(self.coefficients(identity, None), dtype=V.dtype)
+            still = self._still_vertices(c[:NUM_IDENTITY], V.dtype)
             i = torch.as_tensor(self.eyes.rows)
             mu_e, rot_e, ls_e = self._eye_binding.deform(still, self.rotations[i].to(V.dtype),
                                                          self.log_scales[i].to(V.dtype))
             mu, rot, ls = mu.index_put((i,), mu_e), rot.index_put((i,), rot_e), ls.index_put((i,), ls_e)
         rot = rot * self.rotations.norm(dim=-1, keepdim=True)
         return mu, ls, rot
+
+    def _still_vertices(self, identity: np.ndarray, dtype):
+        """[U,3] the bound vertices at ``identity`` [100] and the rest expression, cached for the
+        last identity (a driven avatar decodes many expressions on one head)."""
+        key = (identity.tobytes(), str(dtype))
+        cached = self.__dict__.get("_still")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_still"] = (key, self.vertices(self.coefficients(identity, None), dtype=dtype))
+        return cached[1]
 
     def opacity_offsets(self, expression) -> tuple[np.ndarray, np.ndarray] | None:
         """(rows [C] int64, logits [C] float64) to add to the decoded opacities at ``expression``
