@@ -176,10 +176,19 @@ def test_expressions_are_relative_to_the_avatars_own_and_the_rig_is_linear_per_s
     basis, cols = expression_basis(model, w, head)
     assert basis.shape == (53, model.decoder.num_gaussians, len(cols)) and set(cols) >= {0, 1, 2}
     assert not set(cols) & set(range(3, 51))  # colours never move
-    moves = np.abs(basis[:, :, list(cols).index(51)]).max(1) > 0  # opacity: the blinks, on the eyes' carriers
-    assert [NAMES[k] for k in np.flatnonzero(moves)] == ["eyeBlink_L", "eyeBlink_R"]
-    opacity_rows = np.flatnonzero(np.abs(basis[:, :, list(cols).index(51)]).max(0) > 0)
-    np.testing.assert_array_equal(opacity_rows, np.sort(model.head_template.eyes.carriers))
+    # opacity: the blinks on the eyes' carriers, the shapes that part the lips on the seam's faders
+    bt = model.head_template
+    opacity = basis[:, :, list(cols).index(51)]
+    moves = np.abs(opacity).max(1) > 0
+    parting = [NAMES[k] for k in np.flatnonzero(bt.lips.rates)]
+    assert {"jawOpen", "mouthFunnel", "mouthLowerDown_L", "mouthUpperUp_R"} <= set(parting)
+    assert not {"mouthSmile_L", "mouthClose", "mouthPucker"} & set(parting)
+    assert [NAMES[k] for k in np.flatnonzero(moves)] == sorted(["eyeBlink_L", "eyeBlink_R"] + parting,
+                                                               key=NAMES.index)
+    for k in np.flatnonzero(moves):
+        rows = np.flatnonzero(opacity[k])
+        expected = bt.eyes.carriers[bt.eyes.carrier_blink == k] if NAMES[k].startswith("eyeBlink") else bt.lips.rows
+        np.testing.assert_array_equal(rows, np.sort(expected))
     unit = np.zeros(53)
     unit[NAMES.index("mouthSmile_R")] = 1.0
     np.testing.assert_allclose(basis[NAMES.index("mouthSmile_R")], expression_delta(model, w, head, unit)[:, cols],

@@ -82,7 +82,8 @@ def mouth_interior(model, head, device="cpu") -> tuple[GaussianTensors, torch.Te
 
 def _still_parents(bt, head, rest, P: np.ndarray) -> np.ndarray:
     """[len(P)] the nearest template Gaussian (on ``head`` at rest) that jawOpen 1 moves less than
-    :data:`STILL`, for each point of ``P`` [M,3]."""
+    :data:`STILL` and that does not fade with the lips' parting (:class:`~fastavatar_engine.head.lips.LipSeam`),
+    for each point of ``P`` [M,3]."""
     from scipy.spatial import cKDTree
 
     from ..expressions.names import EXPRESSION_NAMES
@@ -92,6 +93,8 @@ def _still_parents(bt, head, rest, P: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         mu0 = bt.deform(identity=head, expression=rest)[0].double().numpy()
         mu1 = bt.deform(identity=head, expression=jaw)[0].double().numpy()
-    still = np.flatnonzero(np.linalg.norm(mu1 - mu0, axis=1) < STILL)
+    still = np.linalg.norm(mu1 - mu0, axis=1) < STILL
+    still[bt.lips.rows] = False  # the seam's faders vanish as the mouth opens; the curtain must not
+    still = np.flatnonzero(still)
     _, i = cKDTree(mu0[still]).query(P)
     return still[i].astype(np.int64)

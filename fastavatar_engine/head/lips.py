@@ -1,4 +1,4 @@
-"""The template's lips: each lip's Gaussians bound to that lip's triangles.
+"""The template's lips: each lip's Gaussians bound to that lip's triangles, and a seam that opens.
 
 The template Gaussians bind to their closest skin triangle (:mod:`.binding`), and at the lip
 seam the closest triangle is often the other lip's: the head model's rest mouth is parted by a
@@ -12,6 +12,19 @@ landmarks, MediaPipe 78-191-80-81-82-13-312-311-310-415-308, on the rest mesh): 
 to the closest triangle that jawOpen 1 moves less than :data:`STILL` (the upper lip), those
 below it to the closest triangle it moves at least :data:`MOVING` (the lower lip), within the
 middle :data:`WIDTH` of the mouth (the corners stretch with both lips and keep their binding).
+
+Bound to their own lips, the Gaussians still overlap across the seam: a lip Gaussian is a few
+millimetres wide, and those straddling the seam hang over the gap as the lips part. On London
+003's avatar MediaPipe's lip gap at jawOpen 0.05 / 0.1 / 0.2 was 0.012 / 0.054 / 0.125 of the
+mouth's width (a ragged pink slit), and on the 11 GRID clips the avatar's lip gap followed the
+head model's own (the tracked coefficients' inner-lip landmarks) at 0.87-0.93 correlation while
+the head model followed the speakers at 0.90-0.92. :class:`LipSeam` fades the template rows
+within :data:`SEAM_BAND` of the seam as the lips part: their opacity logits drop by
+:data:`SEAM_FADE` per metre of the head model's lip separation (MediaPipe 13-14 at the mouth's
+middle), which is linear in each opening shape (jawOpen, mouthFunnel, mouthUpperUp ...), so the
+opening shows the mouth interior behind (:mod:`fastavatar_engine.fitting.mouth`) from its first
+millimetre, and Blender's linear rig stays exact, as for the blink (:mod:`.eyes`). At rest
+nothing changes. Measured on 003: 0.093 / 0.168 / 0.271 at jawOpen 0.05 / 0.1 / 0.2.
 """
 
 from __future__ import annotations
@@ -28,6 +41,15 @@ WIDTH = 0.8
 STILL = 0.006
 #: Lower-lip triangles: every vertex moves at least this (metres) under jawOpen 1.
 MOVING = 0.015
+#: Seam faders: template rows within this distance (metres) above or below the seam ...
+SEAM_BAND = 0.002
+#: ... and within this fraction of the mouth's width around its middle.
+SEAM_WIDTH = 0.9
+#: Opacity logits a seam fader loses per metre of lip separation (4 per millimetre: gone by ~1.5 mm).
+SEAM_FADE = 4000.0
+#: A shape fades the seam only when it parts the lips' middle by at least this at full strength
+#: (metres): ICT's cheekSquint and mouthPucker move it by 0.2 mm, jawForward by 0.9 mm.
+MIN_PARTING = 0.001
 
 
 def bind_lips(binding, means, rest_vertices, model, rest_expression):
@@ -59,3 +81,44 @@ def bind_lips(binding, means, rest_vertices, model, rest_expression):
             out = out.with_rows(rows, HeadBinding.bind(P[rows], rest_vertices, model.triangles,
                                                        allowed_triangles=allowed))
     return out
+
+
+class LipSeam:
+    """The template rows that straddle the lip seam and fade as the lips part (module docstring).
+
+    Args:
+        means: [K,3] the template's Gaussians on the rest mesh (metres, engine frame: y up, the
+            face towards +z); ``rest_vertices`` [V,3] that mesh, at ``rest_expression`` [53] and
+            the model's rest identity; ``model`` its head model.
+    Attributes: ``rows`` [S] int64 template rows (empty when the seam is not on the mesh);
+    ``rates`` [53] float64 the lip separation each shape adds per unit at the mouth's middle
+    (metres; shapes that part the lips by less than :data:`MIN_PARTING`, or close them, count 0).
+    """
+
+    def __init__(self, means, rest_vertices, model, rest_expression):
+        P = np.asarray(means, np.float64)
+        marks = model.landmark_binding()
+        seam = marks.points(rest_vertices, model.triangles)[list(SEAM)]
+        self.rows, self.rates = np.zeros(0, np.int64), np.zeros(len(model.expression_names))
+        if not np.isfinite(seam).all():
+            return
+        order = np.argsort(seam[:, 0])
+        x0, x1 = seam[order[0], 0], seam[order[-1], 0]
+        xc, half = 0.5 * (x0 + x1), 0.5 * SEAM_WIDTH * (x1 - x0)
+        y = np.interp(P[:, 0], seam[order, 0], seam[order, 1])
+        self.rows = np.flatnonzero((np.abs(P[:, 0] - xc) < half) & (np.abs(P[:, 1] - y) < SEAM_BAND)
+                                   & (P[:, 2] > seam[:, 2].min() - REACH))
+        # separation of the middle inner-lip landmarks (13 upper, 14 lower) per unit of each shape:
+        # the model is linear, so it is their barycentric vertices' expression deltas, engine frame
+        tri, bary = marks.tri[[13, 14]], marks.bary[[13, 14]]
+        d = model.expression_cm[:, model.triangles[tri]].astype(np.float64) * model.scale  # [53,2,3,3] ICT cm
+        dy = np.einsum("nk,enkd->end", bary, d) @ model.R.T  # [53,2,3] engine metres
+        rates = dy[:, 0, 1] - dy[:, 1, 1]
+        self.rates = np.where(rates >= MIN_PARTING, rates, 0.0)
+
+    def opacity_offsets(self, expression, rest) -> np.ndarray:
+        """[S] float64 logits added to the faders' opacities at head expression ``expression``
+        [53] (absolute) with the template's rest expression ``rest`` [53]: ``-SEAM_FADE`` times
+        the separation the shapes past their rest values add (never positive)."""
+        e = np.clip(np.asarray(expression, np.float64) - np.asarray(rest, np.float64), 0.0, None)
+        return np.full(len(self.rows), -SEAM_FADE * float(self.rates @ e))

@@ -10,9 +10,10 @@ the rest expression, so the template keeps its own expression and a photo's is n
 
 Only skin triangles bind (the face and the head-and-neck part); the Gaussians of hair, ears,
 shoulders bind to their closest skin triangle with an offset (:mod:`.binding`); those around
-the lip seam bind to their own lip (:mod:`.lips`). The Gaussians inside the eye openings are
-the eyeball's and no expression moves them; a blink raises the opacity of the eye's core
-instead (:mod:`.eyes`, :meth:`BoundTemplate.opacity_offsets`).
+the lip seam bind to their own lip, and those straddling it fade as the lips part (:mod:`.lips`).
+The Gaussians inside the eye openings are the eyeball's and no expression moves them; a blink
+raises the opacity of the eye's core instead (:mod:`.eyes`). Both are opacity offsets linear in
+the coefficients (:meth:`BoundTemplate.opacity_offsets`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from .basis import NUM_EXPRESSION, NUM_IDENTITY, HeadModel, load_head_model
 from .binding import HeadBinding
 from .eyes import EyeRig
-from .lips import bind_lips
+from .lips import LipSeam, bind_lips
 
 
 class BoundTemplate:
@@ -56,6 +57,7 @@ class BoundTemplate:
         self.binding.triangles = lut[tris]
         self.eyes = EyeRig(self.means.double().numpy(), rest, self.model)
         self._eye_binding = self.binding.rows(self.eyes.rows)
+        self.lips = LipSeam(self.means.double().numpy(), rest, self.model, self.rest_expression)
 
     def coefficients(self, identity=None, expression=None) -> np.ndarray:
         """[153] float64 head coefficients (identity first) with the rest values where None.
@@ -116,11 +118,17 @@ class BoundTemplate:
 
     def opacity_offsets(self, expression) -> tuple[np.ndarray, np.ndarray] | None:
         """(rows [C] int64, logits [C] float64) to add to the decoded opacities at ``expression``
-        [53] (absolute; None: the rest expression), or None when nothing changes (:mod:`.eyes`)."""
-        if expression is None or not len(self.eyes.carriers):
+        [53] (absolute; None: the rest expression), or None when nothing changes: the blink on
+        the eyes' carriers (:mod:`.eyes`), the lips' parting on the seam's faders (:mod:`.lips`)."""
+        if expression is None:
             return None
-        delta = self.eyes.opacity_offsets(self.coefficients(None, expression)[NUM_IDENTITY:], self.rest_expression)
-        return (self.eyes.carriers, delta) if delta.any() else None
+        e = self.coefficients(None, expression)[NUM_IDENTITY:]
+        parts = [(self.eyes.carriers, self.eyes.opacity_offsets(e, self.rest_expression)),
+                 (self.lips.rows, self.lips.opacity_offsets(e, self.rest_expression))]
+        parts = [(r, d) for r, d in parts if len(r) and d.any()]
+        if not parts:
+            return None
+        return np.concatenate([r for r, _ in parts]), np.concatenate([d for _, d in parts])
 
     def is_rest(self, identity=None, expression=None) -> bool:
         return np.allclose(self.coefficients(identity, expression), self._rest_coeffs)
