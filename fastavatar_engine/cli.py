@@ -304,7 +304,8 @@ def cmd_batch(args) -> int:
         with _QuietNativeStderr(not args.verbose), contextlib.redirect_stdout(user_stderr):
             summary = run_batch(args.input, args.out_dir, workers=args.workers, address=args.address, fit=args.fit,
                                 preview=not args.no_preview, retries=args.retries, skip_failed=args.skip_failed,
-                                weights=args.weights, device=args.device, stream=user_stderr)
+                                weights=args.weights, device=args.device, stream=user_stderr, blend=args.blend,
+                                blender=args.blender)
     except (BatchInputError, ValueError, ImportError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -461,6 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--retries", type=int, default=2, help="more tries for a photo whose worker died (default 2)")
     b.add_argument("--skip-failed", action="store_true", help="a re-run does not retry photos that failed")
     b.add_argument("--no-preview", action="store_true", help="no preview strip PNG per photo")
+    b.add_argument("--blend", action="store_true",
+                   help="also a .blend per photo (the avatar as Generate Avatar makes it, a camera, Cycles), "
+                        "by a warm Blender beside each worker")
+    b.add_argument("--blender", default=None, metavar="PATH",
+                   help="with --blend: a Blender executable, or a Python with bpy (default: this Python's bpy)")
     b.add_argument("--weights", default=None, help="model folder (default: the built-in model)")
     b.add_argument("--device", default=None, help="torch device (default cpu; cuda on a Ray cluster with GPUs)")
     b.add_argument("--verbose", action="store_true", help="keep MediaPipe's native log lines on stderr")

@@ -45,6 +45,35 @@ CURVATURE_STEP = 0.25
 MAX_TRAIN_CODES = 100_000
 
 
+def avatar_result(model, avatar, elapsed_s: float = 0.0) -> tuple[dict, dict]:
+    """(header, arrays) of generate/refine for ``avatar`` (an :class:`~.generate.Avatar` of
+    ``model``), as the protocol carries them (the engine's replies, and the batch's .blend
+    stage): the Gaussians, ``code``, ``head`` [100] (the head model's identity coefficients the
+    template sits on, when fitted), and for a refined avatar or one
+    on its own head ``base_packed`` [N,59] = the plain decode of the code on the model's own
+    template (packed layout), from which the client keeps the refinement and the head shape as
+    a per-Gaussian residual: edits decode ``w'`` and add it back (a first-order transfer).
+    Gaussians grown by the likeness fit (rows after the template's) come with ``parents``
+    [E] int32, the template row each was cloned from, whose decode is their base."""
+    import torch
+
+    arrays = gaussian_arrays(avatar.gaussians)
+    arrays["code"] = np.asarray(avatar.code, np.float32)
+    if avatar.head is not None:
+        arrays["head"] = np.asarray(avatar.head, np.float32)
+    if avatar.refined_steps or avatar.head is not None:
+        with torch.no_grad():
+            plain = pack_gaussians(model.decode(avatar.code).to_numpy())
+        if avatar.parents is not None:  # grown Gaussians: their base is their parent's decode
+            arrays["parents"] = np.asarray(avatar.parents, np.int32)
+            plain = np.concatenate([plain, plain[avatar.parents]])
+        arrays["base_packed"] = plain
+    cam = avatar.camera.to_json() if avatar.camera is not None else None
+    return ({"model_id": avatar.model_id, "camera": cam, "photo": avatar.photo,
+             "photos": [v.name for v in avatar.views] if avatar.views else None,
+             "refined_steps": avatar.refined_steps, "refine_mode": avatar.refine_mode,
+             "timings_ms": {k: round(v, 2) for k, v in avatar.timings_ms.items()},
+             "elapsed_ms": round(1e3 * elapsed_s, 2)}, arrays)
 
 
 class Engine(ExpressionRequests):
@@ -116,32 +145,7 @@ class Engine(ExpressionRequests):
         return c
 
     def _avatar_result(self, avatar, elapsed_s: float) -> tuple[dict, dict]:
-        """Result of generate/refine: the Gaussians, ``code``, ``head`` [100] (the head model's
-        identity coefficients the template sits on, when fitted), and for a refined avatar or one
-        on its own head ``base_packed`` [N,59] = the plain decode of the code on the model's own
-        template (packed layout), from which the client keeps the refinement and the head shape as
-        a per-Gaussian residual: edits decode ``w'`` and add it back (a first-order transfer).
-        Gaussians grown by the likeness fit (rows after the template's) come with ``parents``
-        [E] int32, the template row each was cloned from, whose decode is their base."""
-        import torch
-
-        arrays = gaussian_arrays(avatar.gaussians)
-        arrays["code"] = np.asarray(avatar.code, np.float32)
-        if avatar.head is not None:
-            arrays["head"] = np.asarray(avatar.head, np.float32)
-        if avatar.refined_steps or avatar.head is not None:
-            with torch.no_grad():
-                plain = pack_gaussians(self.model.decode(avatar.code).to_numpy())
-            if avatar.parents is not None:  # grown Gaussians: their base is their parent's decode
-                arrays["parents"] = np.asarray(avatar.parents, np.int32)
-                plain = np.concatenate([plain, plain[avatar.parents]])
-            arrays["base_packed"] = plain
-        cam = avatar.camera.to_json() if avatar.camera is not None else None
-        return ({"model_id": avatar.model_id, "camera": cam, "photo": avatar.photo,
-                 "photos": [v.name for v in avatar.views] if avatar.views else None,
-                 "refined_steps": avatar.refined_steps, "refine_mode": avatar.refine_mode,
-                 "timings_ms": {k: round(v, 2) for k, v in avatar.timings_ms.items()},
-                 "elapsed_ms": round(1e3 * elapsed_s, 2)}, arrays)
+        return avatar_result(self.model, avatar, elapsed_s)
 
     # ------------------------------------------------------------------ requests
     def hello(self, header, arrays, emit, cancelled):

@@ -141,3 +141,64 @@ def test_a_rerun_after_a_killed_run_redoes_only_what_was_not_finished(tmp_path, 
     assert sorted(set(names)) == ["astronaut"] + [f"astronaut_{k}" for k in range(2, 7)]
     assert len(names) == 6  # none done twice, none lost
     assert not list(out.glob(".*.tmp"))  # no partial file left behind by the kill, or renamed in its place
+
+
+#: Reads a .blend with Blender itself (the bpy module) and prints what it holds, as JSON.
+_READ_BLEND = r"""
+import json, sys
+import bpy
+bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+out = {"cameras": [o.name for o in bpy.data.objects if o.type == "CAMERA"], "scene_camera": bool(bpy.context.scene.camera),
+       "engine": bpy.context.scene.render.engine, "avatars": []}
+for o in bpy.data.objects:
+    if o.type == "MESH" and len(o.data.vertices) > 1000:
+        head = o.get("fastavatar_head")
+        out["avatars"].append({"name": o.name, "splats": len(o.data.vertices), "head": None if head is None else len(head)})
+print("BLEND" + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_blend_per_photo_holds_the_avatar_and_a_rerun_with_blend_adds_it(tmp_path, photo):
+    """``--blend``: each photo's .blend (written by a warm Blender beside the worker) holds the
+    avatar with as many splats as its PLY, on the photo's fitted head, with a camera and Cycles;
+    a run with ``--blend`` after one without makes the .blend files it lacks."""
+    import importlib.util
+
+    from plyfile import PlyData
+
+    if importlib.util.find_spec("bpy") is None:
+        pytest.skip("needs Blender as a Python module (the blender extra)")
+    (tmp_path / "list.txt").write_text(f"{photo}\n{photo}\n")
+    out = tmp_path / "out"
+    r = _cli(tmp_path / "list.txt", out, "--fit", "0", "--no-preview")
+    assert r.returncode == 0 and not list(out.glob("*.blend")), r.stderr[-2000:]
+    r = _cli(tmp_path / "list.txt", out, "--fit", "0", "--no-preview", "--blend")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert summary["blend"] and summary["ran"] == 2 and summary["done"] == 2  # redone: they lacked a .blend
+    recs = read_manifest(out / "manifest.jsonl")
+    for name in ("astronaut", "astronaut_2"):
+        blend = Path(recs[name]["outputs"]["blend"])
+        assert blend == out / f"{name}.blend" and recs[name]["seconds"]["blend"] > 0
+        ply = PlyData.read(recs[name]["outputs"]["ply"])
+        res = subprocess.run([sys.executable, "-c", _READ_BLEND, str(blend)], capture_output=True, text=True,
+                             timeout=300)
+        held = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("BLEND"))[5:])
+        assert held["scene_camera"] and held["cameras"] and held["engine"] == "CYCLES"
+        (avatar,) = held["avatars"]
+        assert avatar["name"] == "Avatar_astronaut" and avatar["splats"] == ply["vertex"].count
+        assert avatar["head"] == 100  # the face rig's head came along
+    assert not list(out.glob(".*.tmp*"))  # the payloads and temporary .blend files are gone
+
+
+def test_joining_a_cluster_sends_rays_token_when_one_was_written(tmp_path, monkeypatch):
+    from fastavatar_engine.batch.ray_runner import _auth_mode
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert not _auth_mode(tmp_path) and "RAY_AUTH_MODE" not in os.environ  # no token: nothing set
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t")
+    assert _auth_mode(tmp_path) and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert not _auth_mode(tmp_path) and os.environ["RAY_AUTH_MODE"] == "disabled"  # the user's choice stands

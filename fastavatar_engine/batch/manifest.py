@@ -40,15 +40,17 @@ def read_manifest(path) -> dict[str, dict]:
     return last
 
 
-def finished(record: dict | None, skip_failed: bool = False) -> bool:
+def finished(record: dict | None, skip_failed: bool = False, need=()) -> bool:
     """Whether a job with this last ``record`` needs no more work: done with every output file
-    present (or failed, with ``skip_failed``)."""
+    present, including the kinds in ``need`` (e.g. "blend" for a run with ``--blend`` after one
+    without), or failed, with ``skip_failed``."""
     if not record:
         return False
     if record.get("status") == "failed":
         return skip_failed
     outputs = record.get("outputs") or {}
-    return record.get("status") == "done" and all(Path(p).is_file() for p in outputs.values())
+    return (record.get("status") == "done" and all(k in outputs for k in need)
+            and all(Path(p).is_file() for p in outputs.values()))
 
 
 class ManifestWriter:

@@ -11,7 +11,9 @@ never retried.
 Resources: an actor asks for one GPU when the cluster has GPUs (and decodes on ``cuda``), else
 for ``max(1, cluster CPUs // workers)`` CPUs. Without ``address`` a local Ray is started for the
 run (and stopped after); with one (``ray start --head`` printed it, e.g. ``192.168.1.10:6379``,
-or ``auto``) the run joins that cluster.
+or ``auto``) the run joins that cluster. Ray 2.60's ``ray start --head`` turns token
+authentication on and writes ``~/.ray/auth_token``; a driver needs ``RAY_AUTH_MODE=token`` to
+send it, so when that file exists and the variable is unset the run sets it (:func:`_auth_mode`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def run_on_ray(todo, options: dict, record, workers: int, address: str | None, r
             ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE, log_to_driver=False,
                      configure_logging=False)
         else:
+            _auth_mode()
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     try:
         res = ray.cluster_resources()
@@ -64,6 +67,18 @@ def run_on_ray(todo, options: dict, record, workers: int, address: str | None, r
     finally:
         if own:
             ray.shutdown()
+
+
+def _auth_mode(home=None) -> bool:
+    """Set ``RAY_AUTH_MODE=token`` for joining a cluster when ``~/.ray/auth_token`` exists (``home``:
+    another home folder) and the variable is unset; returns whether it was set here."""
+    import os
+    from pathlib import Path
+
+    if "RAY_AUTH_MODE" in os.environ or not (Path(home or Path.home()) / ".ray" / "auth_token").is_file():
+        return False
+    os.environ["RAY_AUTH_MODE"] = "token"
+    return True
 
 
 def _dispatch(ray, todo, actors: list, start, record, retries: int) -> None:

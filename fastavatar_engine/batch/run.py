@@ -61,12 +61,14 @@ class Progress:
 
 def run_batch(source, out_dir, workers: int = 1, address: str | None = None, fit: int | None = None,
               preview: bool = True, retries: int = 2, skip_failed: bool = False, weights=None, device: str | None = None,
-              stream=sys.stderr) -> dict:
+              stream=sys.stderr, blend: bool = False, blender: str | None = None) -> dict:
     """Run the batch (module docstring); returns the summary dict (also written to
     ``OUT/batch_summary.json``): counts, ``failed`` [(name, error)], wall time and photos/hour.
 
     ``workers`` > 1 or an ``address`` needs Ray (the ``cluster`` extra). ``retries``: how many
-    more times a photo whose worker died is tried on another worker. Raises
+    more times a photo whose worker died is tried on another worker. ``blend``: also a .blend
+    per photo, by a warm Blender beside each worker (``blender``: its executable or bpy Python;
+    :mod:`.blend`); a photo done earlier without one is done again. Raises
     :class:`~.inputs.BatchInputError` for an INPUT that names no photo, ``ValueError`` for bad
     options, ``ImportError`` when Ray is needed and missing."""
     if workers < 1:
@@ -76,12 +78,15 @@ def run_batch(source, out_dir, workers: int = 1, address: str | None = None, fit
     jobs = collect_jobs(source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for tmp in out.glob(".*.tmp"):  # what a killed run's atomic writes left behind (never renamed into place)
-        tmp.unlink(missing_ok=True)
+    for pattern in (".*.tmp", ".*.tmp.blend"):  # what a killed run's atomic writes left (never renamed into place)
+        for tmp in out.glob(pattern):
+            tmp.unlink(missing_ok=True)
     prior = read_manifest(out / MANIFEST_NAME)
-    todo = [j for j in jobs if not finished(prior.get(j.name), skip_failed)]
+    need = ("blend",) if blend else ()
+    todo = [j for j in jobs if not finished(prior.get(j.name), skip_failed, need)]
     progress = Progress(len(todo), stream)
-    options = {"out_dir": str(out), "fit": fit, "preview": preview, "weights": weights, "device": device}
+    options = {"out_dir": str(out), "fit": fit, "preview": preview, "weights": weights, "device": device,
+               "blend": bool(blend), "blender": blender}
     t0 = time.perf_counter()
     interrupted = False
     with ManifestWriter(out / MANIFEST_NAME) as writer:
@@ -107,7 +112,7 @@ def run_batch(source, out_dir, workers: int = 1, address: str | None = None, fit
     ran = progress.done + progress.failed
     summary = {"input": str(source), "out_dir": str(out), "jobs": len(jobs), "skipped_finished": len(jobs) - len(todo),
                "ran": ran, "done": states.count("done"), "failed": len(failed), "pending": states.count("pending"),
-               "interrupted": interrupted, "workers": workers, "address": address, "fit": fit,
+               "interrupted": interrupted, "workers": workers, "address": address, "fit": fit, "blend": bool(blend),
                "wall_s": round(wall, 2), "photos_per_hour": round(3600.0 * ran / wall, 1) if ran and wall > 0 else None,
                "failures": failed}
     from ..ply import _atomic_write

@@ -4,8 +4,9 @@ Ray actor) runs.
 :class:`PhotoWorker` loads the generator once (front-end, identity backbone, model) and then, per
 job, reads the photo, generates (feed-forward), runs the likeness fit (``fit`` steps, the
 default of ``fastavatar generate``), and writes ``OUT/<name>.ply``, its ``.fastavatar.json``
-sidecar and ``OUT/<name>.png`` (the preview strip of ``fastavatar generate --preview``), each
-atomically (written under a temporary name, then renamed). It never raises for a bad photo: the
+sidecar and ``OUT/<name>.png`` (the preview strip of ``fastavatar generate --preview``), and with
+``blend`` ``OUT/<name>.blend`` made by a warm Blender beside it (:mod:`.blend`), each atomically
+(written under a temporary name, then renamed). It never raises for a bad photo: the
 record it returns says what failed and why. A record names its worker (``host:pid``) and, on
 Ray, its node.
 """
@@ -27,13 +28,16 @@ class PhotoWorker:
         out_dir: where outputs go (created).
         fit: likeness-fit steps per photo (0: the bare feed-forward avatar; None: the default).
         preview: also write the preview strip PNG.
+        blend: also write a .blend per photo (:class:`~.blend.BlendStage`); ``blender`` the
+            Blender executable or bpy Python for it (None: this Python's bpy).
         weights, device, embedder: as ``fastavatar generate``'s options.
     Raises what :class:`~fastavatar_engine.generate.AvatarGenerator` raises when the engine
-    cannot start (missing weights or extras): that is a run's error, not a photo's.
+    cannot start (missing weights or extras), and :class:`~.blend.BlendError` for ``blend``
+    without Blender: that is a run's error, not a photo's.
     """
 
     def __init__(self, out_dir, fit: int | None = None, preview: bool = True, weights=None, device: str = "cpu",
-                 embedder=None):
+                 embedder=None, blend: bool = False, blender: str | None = None):
         from ..generate import DEFAULT_FIT_STEPS, AvatarGenerator
 
         self.out_dir = Path(out_dir)
@@ -42,6 +46,11 @@ class PhotoWorker:
         if self.fit < 0:
             raise ValueError(f"fit steps must be >= 0, got {self.fit}")
         self.preview = bool(preview)
+        self.blend = None
+        if blend:
+            from .blend import BlendStage
+
+            self.blend = BlendStage(blender)  # checks for Blender before the engine loads
         t = time.perf_counter()
         self.gen = AvatarGenerator(weights, device=device, embedder=embedder)
         self.startup_s = time.perf_counter() - t
@@ -81,6 +90,11 @@ class PhotoWorker:
             if self.preview:
                 outputs["preview"] = str(save_png(self.out_dir / f"{job.name}.png", preview_strip(avatar, image)))
             seconds["write"] = time.perf_counter() - t
+            if self.blend is not None:
+                t = time.perf_counter()
+                outputs["blend"] = str(self.blend.write(self.gen.model, avatar, self.out_dir / f"{job.name}.blend",
+                                                        label=job.photo))
+                seconds["blend"] = time.perf_counter() - t
             rec.update(status="done", outputs=outputs, gaussians=len(avatar.gaussians))
         except Exception as exc:  # a photo's failure is a record, never the run's end
             rec.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -90,6 +104,8 @@ class PhotoWorker:
 
     def close(self) -> None:
         self.gen.close()
+        if self.blend is not None:
+            self.blend.close()
 
 
 def _ray_node() -> str | None:
