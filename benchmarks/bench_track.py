@@ -16,6 +16,10 @@
 * **Round trip, several people** (``--round-trip-people``, London ids held out of training;
   default 003, 007, 018, 061: two women and two men, 003's brows under a fringe): the same on
   each one's default avatar, per person and the mean.
+* **Head motion alone** (``--head-motion-only``: this part only): the round trip's head poses
+  with every coefficient 0 on each person's avatar: what the tracker reports from turning alone
+  is the floor of the round trip's error (MediaPipe's landmarks on renders of a turning head do not
+  move as the head model's do).
 * **GRID**: each clip of ``../shared/data/video/grid`` tracked (with the speaker's own head,
   fitted from the clip's first frames: the speaker is not the avatar's person), the avatar driven by it
   (``fastavatar animate``, at the avatar's photo camera), MediaPipe's lip gap (13-14 over 61-291)
@@ -137,7 +141,7 @@ def round_trip_oracle(frames: int = 60, size: int = 320) -> dict:
     return {"frames": frames, "landmarks": "oracle: the head model's, projected", **scores(names, E, C, Ms, Mt)}
 
 
-def round_trip(gen, av, frames: int = 60, size: int = 320) -> dict:
+def round_trip(gen, av, frames: int = 60, size: int = 320, still: bool = False) -> dict:
     from fastavatar_engine.animate import expression_delta
     from fastavatar_engine.cameras import intrinsics, orbit_c2w
     from fastavatar_engine.gaussians import pack_gaussians, unpack_gaussians
@@ -149,6 +153,8 @@ def round_trip(gen, av, frames: int = 60, size: int = 320) -> dict:
     ctr = m.vertices(av.head)[m.landmarks68].mean(0)
     c2w, K = orbit_c2w(0, 0, 0.55, ctr), intrinsics(1.6 * size, 1.6 * size, size / 2, size / 2)
     E, ypr = performance(names, frames)
+    if still:  # head motion alone
+        E = np.zeros_like(E)
     imgs, Ms = [], []
     base = pack_gaussians(av.gaussians)
     for k in range(frames):
@@ -201,6 +207,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512, help="driven frames' longer side (pixels)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--oracle", action="store_true", help="only the round trip on oracle landmarks (seconds)")
+    ap.add_argument("--head-motion-only", action="store_true",
+                    help="only the round trip's head motion with no expression, on --round-trip-people's avatars")
     args = ap.parse_args()
     if args.oracle:
         result = {"benchmark": "track_oracle", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
@@ -215,6 +223,25 @@ def main() -> None:
     import tempfile
 
     import torch
+
+    if args.head_motion_only:
+        from fastavatar_engine.generate import AvatarGenerator
+
+        people = {}
+        with AvatarGenerator() as gen:
+            for pid in [p.strip() for p in args.round_trip_people.split(",") if p.strip()]:
+                av = gen.generate(str(DATA / "london" / "neutral" / f"{pid}_03.jpg"), refine_steps=40)
+                r = round_trip(gen, av, still=True)
+                people[pid] = {k: r[k] for k in ("rms_visible_all", "rms_visible_worst", "rotation_error_deg")}
+                print(json.dumps({pid: people[pid]}), file=sys.stderr, flush=True)
+        result = {"benchmark": "track_head_motion_only", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
+                  "command": "python benchmarks/bench_track.py " + " ".join(sys.argv[1:]), "people": people,
+                  "rms_visible_all_mean": round(float(np.mean([r["rms_visible_all"] for r in people.values()])), 3)}
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
 
     from fastavatar_engine.animate import Animator
     from fastavatar_engine.edit import read_coded_avatar

@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..face.landmarks import IRIS_LANDMARKS
 from .basis import NUM_EXPRESSION, NUM_IDENTITY, HeadModel, load_head_model
 from .landmarks import CONTOUR, contour_candidates
+
+if TYPE_CHECKING:
+    from .lm import PhotoTerms
 
 #: Fit settings (see :func:`fit_head`); measured on the 48 calibrated sample views.
 LANDMARK_SIGMA = 0.01     # landmark noise, as a fraction of the face size

@@ -88,14 +88,13 @@ class LipSeam:
 
     Args:
         means: [K,3] the template's Gaussians on the rest mesh (metres, engine frame: y up, the
-            face towards +z); ``rest_vertices`` [V,3] that mesh, at ``rest_expression`` [53] and
-            the model's rest identity; ``model`` its head model.
+            face towards +z); ``rest_vertices`` [V,3] that mesh; ``model`` its head model.
     Attributes: ``rows`` [S] int64 template rows (empty when the seam is not on the mesh);
     ``rates`` [53] float64 the lip separation each shape adds per unit at the mouth's middle
     (metres; shapes that part the lips by less than :data:`MIN_PARTING`, or close them, count 0).
     """
 
-    def __init__(self, means, rest_vertices, model, rest_expression):
+    def __init__(self, means, rest_vertices, model):
         P = np.asarray(means, np.float64)
         marks = model.landmark_binding()
         seam = marks.points(rest_vertices, model.triangles)[list(SEAM)]
@@ -111,7 +110,7 @@ class LipSeam:
         # separation of the middle inner-lip landmarks (13 upper, 14 lower) per unit of each shape:
         # the model is linear, so it is their barycentric vertices' expression deltas, engine frame
         tri, bary = marks.tri[[13, 14]], marks.bary[[13, 14]]
-        d = model.expression_cm[:, model.triangles[tri]].astype(np.float64) * model.scale  # [53,2,3,3] ICT cm
+        d = model.expression_cm[:, model.triangles[tri]].astype(np.float64) * model.scale  # [53,2,3,3] metres, ICT axes
         dy = np.einsum("nk,enkd->end", bary, d) @ model.R.T  # [53,2,3] engine metres
         rates = dy[:, 0, 1] - dy[:, 1, 1]
         self.rates = np.where(rates >= MIN_PARTING, rates, 0.0)

@@ -57,7 +57,7 @@ class BoundTemplate:
         self.binding.triangles = lut[tris]
         self.eyes = EyeRig(self.means.double().numpy(), rest, self.model)
         self._eye_binding = self.binding.rows(self.eyes.rows)
-        self.lips = LipSeam(self.means.double().numpy(), rest, self.model, self.rest_expression)
+        self.lips = LipSeam(self.means.double().numpy(), rest, self.model)
 
     def coefficients(self, identity=None, expression=None) -> np.ndarray:
         """[153] float64 head coefficients (identity first) with the rest values where None.
