@@ -35,6 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # the engine's numpy-only modules (Blender's own Python ignores PYTHONPATH)
 from batch import addon_package, ensure_addon, frame_camera, setup_cycles  # noqa: E402
 
 #: The largest payload accepted (bytes): ~1.5 M Gaussians in the packed layout.
