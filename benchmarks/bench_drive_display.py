@@ -59,6 +59,7 @@ def main():
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--out")
+    ap.add_argument("--keep", default=None, help="also write each Blender render beside the engine's here (PNG, to look at)")
     args = ap.parse_args()
     from skimage import data
 
@@ -97,6 +98,11 @@ def main():
                     shown = np.asarray(Image.open(info["png"]).convert("RGB"), np.float32) / 255.0
                     ref, alpha = engine_view(reference, info)
                     ref_ll, _ = engine_view(reference, info, linear_light=True)
+                    if args.keep:
+                        Path(args.keep).mkdir(parents=True, exist_ok=True)
+                        pair = np.concatenate([shown, ref], 1)
+                        Image.fromarray((np.clip(pair, 0, 1) * 255).round().astype(np.uint8)).save(
+                            Path(args.keep) / f"{label}_{engine}_{tag}.png")
                     row[tag] = {"psnr_db": round(psnr(shown, ref), 2), "psnr_head_db": round(psnr(shown, ref, alpha > 0.02), 2),
                                 "psnr_linear_light_db": round(psnr(shown, ref_ll), 2), "render_s": info["render_s"],
                                 "blender": info["blender"], "representation": info["representation"]}

@@ -72,13 +72,9 @@ class BlendStage:
 
     def _start(self) -> None:
         r, w = os.pipe()
-        env = dict(os.environ)
-        root = str(WRITER.parents[1])  # the engine's package for the writer's numpy-only imports
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        try:
+        try:  # the writer puts the engine's folder on its own sys.path (Blender's Python ignores PYTHONPATH)
             self._proc = subprocess.Popen(self.command + ["--reply-fd", str(w)], stdin=subprocess.PIPE,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(w,),
-                                          env=env)
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(w,))
         finally:
             os.close(w)
         self._reply = os.fdopen(r, "rb")
