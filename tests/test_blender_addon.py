@@ -151,7 +151,8 @@ def test_display_dilation_is_the_reference_rasterisers_eps2d(blender_python, gen
         np.testing.assert_allclose(local[:, :3, 3], means, atol=1e-5)
 
 
-def _read_dump(npz) -> "GaussianSet":
+def _read_dump(npz):
+    """The :class:`~fastavatar_engine.gaussians.GaussianSet` in a dump ``npz`` written by Blender."""
     from fastavatar_engine.gaussians import GaussianSet
 
     d = np.load(npz)

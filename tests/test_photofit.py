@@ -19,7 +19,7 @@ from fastavatar_engine.photofit import (
 
 def test_mirrored_camera_sees_the_mirrored_point_at_the_mirrored_pixel():
     rng = np.random.default_rng(0)
-    W, H = 640, 480
+    W = 640  # image width (pixels): the mirror is about its centre line
     K = np.array([[800.0, 0, 300.0], [0, 810.0, 250.0], [0, 0, 1]])
     for _ in range(5):
         eye = rng.normal(size=3) * 0.2 + np.array([0.1, 0.05, 1.0])

@@ -104,9 +104,9 @@ def crop_box(view: RefineView, margin: float = CROP_MARGIN) -> tuple[int, int, i
         if len(lm):
             llo, lhi = lm.min(0), lm.max(0)
             size = float((lhi - llo).max())
-            l, t, r, b = HEAD_BOX
-            lo = np.maximum(lo, llo - size * np.array([l, t]))
-            hi = np.minimum(hi, lhi + size * np.array([r, b]))
+            left, top, right, bottom = HEAD_BOX
+            lo = np.maximum(lo, llo - size * np.array([left, top]))
+            hi = np.minimum(hi, lhi + size * np.array([right, bottom]))
             lo, hi = np.minimum(lo, llo), np.maximum(hi, lhi)  # never cut the face itself
     x0, y0 = int(np.floor(max(0.0, lo[0]))), int(np.floor(max(0.0, lo[1])))
     x1, y1 = int(np.ceil(min(w, hi[0]))), int(np.ceil(min(h, hi[1])))
