@@ -151,9 +151,10 @@ bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
 out = {"cameras": [o.name for o in bpy.data.objects if o.type == "CAMERA"], "scene_camera": bool(bpy.context.scene.camera),
        "engine": bpy.context.scene.render.engine, "avatars": []}
 for o in bpy.data.objects:
-    if o.type == "MESH" and len(o.data.vertices) > 1000:
+    n = len(o.data.points) if o.type == "POINTCLOUD" else len(o.data.vertices) if o.type == "MESH" else 0
+    if n > 1000:  # the avatar: native splats (Blender >= 5.3) or the mesh display
         head = o.get("fastavatar_head")
-        out["avatars"].append({"name": o.name, "splats": len(o.data.vertices), "head": None if head is None else len(head)})
+        out["avatars"].append({"name": o.name, "type": o.type, "splats": n, "head": None if head is None else len(head)})
 print("BLEND" + json.dumps(out))
 """
 
@@ -190,6 +191,49 @@ def test_blend_per_photo_holds_the_avatar_and_a_rerun_with_blend_adds_it(tmp_pat
         assert avatar["name"] == "Avatar_astronaut" and avatar["splats"] == ply["vertex"].count
         assert avatar["head"] == 100  # the face rig's head came along
     assert not list(out.glob(".*.tmp*"))  # the payloads and temporary .blend files are gone
+
+
+#: A stand-in for a Blender executable: it insists on Blender's command line (``-b --factory-startup
+#: --python SCRIPT -- ARGS``) and runs SCRIPT as Blender would, in a Python of its own with
+#: PYTHONPATH dropped and another working directory.
+_FAKE_BLENDER = """#!/bin/sh
+echo "$@" > "{log}"
+[ "$1" = "-b" ] && [ "$2" = "--factory-startup" ] && [ "$3" = "--python" ] && [ "$5" = "--" ] || exit 3
+script="$4"; shift 4
+cd / && exec env -u PYTHONPATH "{python}" "$script" "$@"
+"""
+
+
+@pytest.mark.slow
+def test_blend_through_a_blender_executable_command_line(tmp_path, photo):
+    """``--blender PATH`` to an executable named ``blender``: the stage starts it with Blender's own
+    command line, and the writer finds the engine's modules without PYTHONPATH or the engine's
+    environment (the Blender line other than this interpreter when there is one, e.g. bpy 5.3)."""
+    from plyfile import PlyData
+
+    from conftest import BLENDER_LINES
+
+    pythons = [p for _, p in BLENDER_LINES]
+    if not pythons:
+        pytest.skip("needs Blender as a Python module (the blender extra)")
+    python = next((p for p in pythons if Path(p) != Path(sys.executable)), pythons[0])
+    (tmp_path / "bin").mkdir()
+    exe = tmp_path / "bin" / "blender"
+    exe.write_text(_FAKE_BLENDER.format(log=tmp_path / "argv.txt", python=python))
+    exe.chmod(0o755)
+    out = tmp_path / "out"
+    (tmp_path / "list.txt").write_text(f"{photo}\n")
+    r = _cli(tmp_path / "list.txt", out, "--fit", "0", "--no-preview", "--blend", "--blender", exe)
+    assert r.returncode == 0, r.stderr[-2000:]
+    argv = (tmp_path / "argv.txt").read_text().split()
+    assert argv[:5] == ["-b", "--factory-startup", "--python", str(ROOT / "blender_addon" / "blend_writer.py"), "--"]
+    assert argv[5] == "--reply-fd"
+    blend = out / "astronaut.blend"
+    res = subprocess.run([python, "-c", _READ_BLEND, str(blend)], capture_output=True, text=True, timeout=300)
+    held = json.loads(next(x for x in res.stdout.splitlines() if x.startswith("BLEND"))[5:])
+    (avatar,) = held["avatars"]
+    assert avatar["splats"] == PlyData.read(out / "astronaut.ply")["vertex"].count and avatar["head"] == 100
+    assert held["scene_camera"] and held["engine"] == "CYCLES"
 
 
 def test_joining_a_cluster_sends_rays_token_when_one_was_written(tmp_path, monkeypatch):
