@@ -44,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from machine import cpu_description  # noqa: E402
+from machine import cpu_description, emit  # noqa: E402
 
 os.environ.setdefault("GLOG_minloglevel", "2")
 DATA = ROOT.parent / "shared" / "data"
@@ -214,10 +214,7 @@ def main() -> None:
         result = {"benchmark": "track_oracle", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
                   "command": "python benchmarks/bench_track.py " + " ".join(sys.argv[1:]),
                   "round_trip_oracle": round_trip_oracle()}
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result, indent=1))
+        emit(result, args.out)
         return
 
     import tempfile
@@ -237,10 +234,7 @@ def main() -> None:
         result = {"benchmark": "track_head_motion_only", "machine": cpu_description(), "date": time.strftime("%Y-%m-%d"),
                   "command": "python benchmarks/bench_track.py " + " ".join(sys.argv[1:]), "people": people,
                   "rms_visible_all_mean": round(float(np.mean([r["rms_visible_all"] for r in people.values()])), 3)}
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result, indent=1))
+        emit(result, args.out)
         return
 
     from fastavatar_engine.animate import Animator
@@ -297,10 +291,7 @@ def main() -> None:
                                                                        if (r["source_eye_range"] or 0) >= BLINK_RANGE]),
                        "rows": rows},
               "time_s": round(time.perf_counter() - t_all, 1)}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent))  # the engine's numpy-only modules (Blender's own Python ignores PYTHONPATH)
+# the engine's numpy-only modules: Blender's own Python ignores PYTHONPATH, and ensure_addon adds the
+# checkout only when it registers the add-on itself (not when Blender has it installed as an extension)
+sys.path.insert(1, str(HERE.parent))
 from batch import addon_package, ensure_addon, frame_camera, setup_cycles  # noqa: E402
 
 #: The largest payload accepted (bytes): ~1.5 M Gaussians in the packed layout.

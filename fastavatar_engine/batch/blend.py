@@ -95,8 +95,11 @@ class BlendStage:
         return json.loads(line)
 
     def write(self, model, avatar, blend_path, label: str | None = None) -> Path:
-        """Write ``avatar`` (of ``model``) to ``blend_path`` (.blend) through the warm Blender;
-        returns the path. Raises :class:`BlendError` with Blender's message when it fails."""
+        """Write ``avatar`` (a :class:`~fastavatar_engine.generate.Avatar`; ``model`` the engine's
+        model, which decodes the plain template for the residual) to ``blend_path`` (a path ending
+        ``.blend``) through the warm Blender, the avatar object named after ``label`` (default the
+        file's stem); returns the path. Raises :class:`BlendError` with Blender's message when it
+        fails, times out (:data:`WRITE_TIMEOUT` seconds) or the writer is gone."""
         import numpy as np
 
         from ..serve import avatar_result
